@@ -1,0 +1,1 @@
+"""Provider adapters, one module per family, imported only when chosen by settings."""

@@ -1,0 +1,149 @@
+"""The actor runtime: subscribes each actor to its request event, calls it, and publishes its
+result, or a classified ``StepFailed`` when its provider fails.
+
+Actors know nothing of workflows: the request's ``subject`` (the saga step) and
+``correlationid`` are carried over to the result by :meth:`Envelope.follow`, and the result's
+``causationid`` is the request's id, which is how the coordinator matches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import ClassVar, Protocol
+
+import structlog
+
+from actors.blobstore import BlobNotFound
+from actors.errors import PermanentError, ProviderError, ThrottledError
+from bus.base import Handler, Transport
+from events.base import Event
+from events.envelope import Envelope
+from events.support import StepFailed
+
+log = structlog.get_logger("actors")
+
+Middleware = Callable[[Envelope, Handler], Awaitable[None]]
+"""Wraps the handling of one event: do something around ``await call_next(envelope)``."""
+
+
+class Inbox(Protocol):
+    """Results already produced, by request event id, so a redelivered request is answered
+    again without calling (and paying) the provider twice. The saga stores implement it."""
+
+    async def recorded_result(self, request_id: str) -> Envelope | None: ...
+
+    async def record_result(self, request_id: str, result: Envelope) -> None: ...
+
+
+class Actor(ABC):
+    """One AI capability as a bus participant. Subclasses set ``service`` and ``consumes``
+    and implement :meth:`perform`."""
+
+    service: ClassVar[str]
+    consumes: ClassVar[type[Event]]
+    call_timeout: float = 120.0
+    """Seconds before the actor gives up on its provider and reports a transient timeout."""
+
+    @abstractmethod
+    async def perform(self, request: Event) -> Event:
+        """Do the work for one request and return the result event's payload."""
+
+    @property
+    def group(self) -> str:
+        """The subscriber group: every instance of this actor competes for its requests."""
+        return f"actor.{self.service}"
+
+
+async def bind_log_context(envelope: Envelope, call_next: Handler) -> None:
+    """Middleware: every log line written while handling carries the request's ids."""
+    with structlog.contextvars.bound_contextvars(
+        correlation_id=envelope.correlationid, tenant=envelope.tenant, event_type=envelope.type,
+        event_id=envelope.id,
+    ):
+        await call_next(envelope)
+
+
+class ActorRuntime:
+    """Runs actors on a transport, with a middleware chain around every handler."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        actors: Iterable[Actor],
+        *,
+        middleware: Sequence[Middleware] = (bind_log_context,),
+        concurrency: int | None = None,
+        inbox: Inbox | None = None,
+    ) -> None:
+        self.transport = transport
+        self.inbox = inbox
+        self.actors = list(actors)
+        self.middleware = tuple(middleware)
+        self.concurrency = concurrency
+
+    async def start(self) -> None:
+        for actor in self.actors:
+            await self.transport.subscribe(
+                actor.group, [actor.consumes.event_type], self._chain(actor),
+                concurrency=self.concurrency,
+            )
+            log.info("actor subscribed", service=actor.service, consumes=actor.consumes.event_type)
+
+    def _chain(self, actor: Actor) -> Handler:
+        async def handle(envelope: Envelope) -> None:
+            await self._handle(actor, envelope)
+
+        handler: Handler = handle
+        for middleware in reversed(self.middleware):
+            handler = _wrap(middleware, handler)
+        return handler
+
+    async def _handle(self, actor: Actor, envelope: Envelope) -> None:
+        source = f"/ai-apps/actors/{actor.service}"
+        if self.inbox is not None:
+            recorded = await self.inbox.recorded_result(envelope.id)
+            if recorded is not None:
+                # a redelivery (a worker died after the call): answer again, do not pay again
+                log.info("redelivered request answered from the inbox", service=actor.service)
+                await self.transport.publish(recorded)
+                return
+        try:
+            async with asyncio.timeout(actor.call_timeout):
+                result = await actor.perform(envelope.data)
+        except ProviderError as exc:
+            result = _failure(actor, envelope, exc)
+        except BlobNotFound as exc:
+            result = _failure(actor, envelope, PermanentError(str(exc)))
+        except TimeoutError:
+            result = StepFailed(
+                step=envelope.subject, service=actor.service, error_class="timeout",
+                message=f"{actor.service} did not answer within {actor.call_timeout:g}s",
+                retryable=True,
+            )
+        if isinstance(result, StepFailed):
+            log.warning("step failed", service=actor.service, error_class=result.error_class,
+                        error=result.message)
+        reply = envelope.follow(result, source=source)
+        if self.inbox is not None:
+            await self.inbox.record_result(envelope.id, reply)
+        await self.transport.publish(reply)
+
+
+def _failure(actor: Actor, envelope: Envelope, exc: ProviderError) -> StepFailed:
+    return StepFailed(
+        step=envelope.subject,
+        service=actor.service,
+        error_class=exc.error_class,
+        message=str(exc),
+        retryable=exc.retryable,
+        retry_after=exc.retry_after if isinstance(exc, ThrottledError) else None,
+    )
+
+
+def _wrap(middleware: Middleware, call_next: Handler) -> Handler:
+    async def wrapped(envelope: Envelope) -> None:
+        await middleware(envelope, call_next)
+
+    return wrapped

@@ -1,0 +1,120 @@
+"""The transport contract every bus backend implements, and the values it works with."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from events.envelope import Envelope
+from events.errors import AiAppsError
+
+Handler = Callable[[Envelope], Awaitable[None]]
+"""Handles one event. Returning acknowledges it; raising asks the transport to retry it."""
+
+ALL_TYPES = "#"
+"""Subscribe to every event type (the event store and audit taps use it)."""
+
+
+class TransportError(AiAppsError):
+    """The bus itself failed: not connected, a publish not confirmed, a bad URL."""
+
+    retryable = True
+
+
+class DeadLetterNotFound(TransportError):
+    retryable = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a subscriber group retries a failing handler before dead-lettering the message.
+
+    ``max_attempts`` counts the first delivery: 5 means one delivery and four retries.
+    The delay before retry *n* (1-based) is ``initial_delay * multiplier**(n-1)``, capped at
+    ``max_delay``, with ±``jitter`` (a fraction) so that retries of a burst spread out.
+    """
+
+    max_attempts: int = 5
+    initial_delay: float = 0.5
+    multiplier: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        base = min(self.initial_delay * self.multiplier ** max(retry - 1, 0), self.max_delay)
+        if self.jitter:
+            base *= 1 + random.uniform(-self.jitter, self.jitter)  # noqa: S311 - not crypto
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message a subscriber group gave up on, kept with why."""
+
+    id: str
+    group: str
+    body: bytes
+    reason: str
+    error_class: str
+    attempts: int
+    time: datetime
+    event_type: str | None = None
+    correlationid: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A message bus: publish events, subscribe groups of competing consumers.
+
+    Every group receives every event whose type it subscribed to; within a group each event is
+    handled by one consumer. Delivery is at least once: the message is acknowledged after the
+    handler returns; a handler that raises is retried with backoff and then dead-lettered with
+    the reason. A message that cannot be decoded is dead-lettered at once.
+    """
+
+    async def start(self) -> None:
+        """Connect and begin consuming for every subscription made so far."""
+
+    async def close(self) -> None:
+        """Stop taking messages, let in-flight handlers finish (or return their messages), and
+        disconnect."""
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Publish an event; returns once the bus has accepted it (publisher confirm)."""
+
+    async def subscribe(
+        self,
+        group: str,
+        event_types: Collection[str],
+        handler: Handler,
+        *,
+        concurrency: int | None = None,
+        ephemeral: bool = False,
+    ) -> None:
+        """Deliver events of ``event_types`` (or :data:`ALL_TYPES`) to ``handler`` as part of
+        ``group``. Call before or after :meth:`start`. An ``ephemeral`` group belongs to this
+        subscriber alone and disappears when it closes (a CLI waiting for its replies); it has
+        no dead-letter queue and is not retried."""
+
+    async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
+        """Dead-lettered messages, oldest first, optionally of one group."""
+
+    async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
+        """Send dead letters back to their group's queue with a fresh attempt count.
+
+        ``ids=None`` re-drives all (of ``group`` if given). Returns how many were re-driven."""

@@ -1,0 +1,265 @@
+"""The in-process transport: the embedded default, and a real backend for tests.
+
+Messages are encoded to bytes on publish and decoded on delivery, exactly as on a broker, so
+the codec and the dead-lettering of bad messages are exercised the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import structlog
+
+from bus.base import ALL_TYPES, DeadLetter, Handler, RetryPolicy, TransportError
+from events.base import EventRegistry, registry
+from events.envelope import Envelope, decode, encode, utcnow
+from events.errors import AiAppsError, DecodeError
+
+log = structlog.get_logger("bus.memory")
+
+
+@dataclass(slots=True)
+class _Delivery:
+    id: str
+    body: bytes
+    routing_key: str
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Group:
+    name: str
+    types: set[str]
+    handlers: list[tuple[Handler, int]]
+    queue: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def wants(self, routing_key: str) -> bool:
+        return ALL_TYPES in self.types or routing_key in self.types
+
+
+class InMemoryTransport:
+    """An asyncio bus in one process, with subscriber groups, retries and dead letters."""
+
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 8,
+        types: EventRegistry = registry,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.concurrency = concurrency
+        self._types = types
+        self._groups: dict[str, _Group] = {}
+        self._dead: deque[DeadLetter] = deque()
+        self._started = False
+        self._closing = False
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> InMemoryTransport:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._closing = False
+        for group in self._groups.values():
+            self._spawn(group)
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._closing = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        workers = [w for g in self._groups.values() for w in g.workers]
+        for worker in workers:
+            worker.cancel()
+        for worker in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        for group in self._groups.values():
+            group.workers.clear()
+        self._started = False
+
+    # -- publish / subscribe ---------------------------------------------------------------
+
+    async def publish(self, envelope: Envelope) -> None:
+        if self._closing:
+            raise TransportError("transport is closed")
+        self._route(encode(envelope), envelope.type)
+
+    def publish_raw(self, body: bytes, routing_key: str) -> None:
+        """Put raw bytes on the bus as if another client had published them (for tests and
+        for re-driving)."""
+        self._route(body, routing_key)
+
+    async def subscribe(
+        self,
+        group: str,
+        event_types: Collection[str],
+        handler: Handler,
+        *,
+        concurrency: int | None = None,
+        ephemeral: bool = False,
+    ) -> None:
+        grp = self._groups.get(group)
+        if grp is None:
+            grp = self._groups[group] = _Group(group, set(event_types), [])
+        else:
+            grp.types.update(event_types)
+        grp.handlers.append((handler, concurrency or self.concurrency))
+        if self._started:
+            self._spawn(grp, only_last=True)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
+        return [d for d in self._dead if group is None or d.group == group]
+
+    async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
+        chosen = [
+            d
+            for d in self._dead
+            if (ids is None or d.id in ids) and (group is None or d.group == group)
+        ]
+        for letter in chosen:
+            self._dead.remove(letter)
+            grp = self._groups.get(letter.group)
+            if grp is None:
+                raise TransportError(f"group {letter.group!r} no longer subscribes")
+            self._enqueue(
+                grp, _Delivery(letter.id, letter.body, letter.event_type or "", attempts=0)
+            )
+        return len(chosen)
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    async def idle(self, timeout: float | None = None) -> None:
+        """Wait until no message is queued, in flight or waiting for a retry."""
+        async with asyncio.timeout(timeout):
+            while True:
+                await self._idle.wait()
+                # a handler may publish as it finishes; give the loop one turn to settle
+                await asyncio.sleep(0)
+                if self._pending == 0:
+                    return
+
+    @property
+    def pending(self) -> int:
+        """Messages queued, in flight, or waiting for a retry."""
+        return self._pending
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _route(self, body: bytes, routing_key: str) -> None:
+        for group in self._groups.values():
+            if group.wants(routing_key):
+                self._enqueue(group, _Delivery(str(uuid.uuid4()), body, routing_key))
+
+    def _enqueue(self, group: _Group, delivery: _Delivery) -> None:
+        self._pending += 1
+        self._idle.clear()
+        group.queue.put_nowait(delivery)
+
+    def _done(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+
+    def _spawn(self, group: _Group, *, only_last: bool = False) -> None:
+        handlers = group.handlers[-1:] if only_last else group.handlers
+        for handler, concurrency in handlers:
+            for _ in range(concurrency):
+                group.workers.append(asyncio.create_task(self._consume(group, handler)))
+
+    async def _consume(self, group: _Group, handler: Handler) -> None:
+        while True:
+            delivery = await group.queue.get()
+            try:
+                await self._deliver(group, handler, delivery)
+            finally:
+                group.queue.task_done()
+
+    async def _deliver(self, group: _Group, handler: Handler, delivery: _Delivery) -> None:
+        delivery.attempts += 1
+        try:
+            envelope = decode(delivery.body, self._types)
+        except DecodeError as exc:
+            self._dead_letter(group, delivery, exc, envelope=None)
+            self._done()
+            return
+        try:
+            await handler(envelope)
+        except asyncio.CancelledError:
+            # shutting down mid-handler: the message goes back, as a broker would do
+            group.queue.put_nowait(delivery)
+            raise
+        except Exception as exc:
+            if delivery.attempts >= self.retry.max_attempts or not _retryable(exc):
+                log.warning(
+                    "dead-lettered", group=group.name, type=envelope.type,
+                    attempts=delivery.attempts, error=repr(exc),
+                )
+                self._dead_letter(group, delivery, exc, envelope=envelope)
+                self._done()
+                return
+            delay = self.retry.delay(delivery.attempts)
+            log.info(
+                "retrying", group=group.name, type=envelope.type, attempt=delivery.attempts,
+                delay=round(delay, 3), error=repr(exc),
+            )
+            self._schedule(group, delivery, delay)
+            return
+        self._done()
+
+    def _schedule(self, group: _Group, delivery: _Delivery, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def requeue() -> None:
+            self._timers.discard(timer)
+            group.queue.put_nowait(delivery)
+
+        timer = loop.call_later(delay, requeue)
+        self._timers.add(timer)
+
+    def _dead_letter(
+        self, group: _Group, delivery: _Delivery, exc: BaseException, envelope: Envelope | None
+    ) -> None:
+        self._dead.append(
+            DeadLetter(
+                id=delivery.id,
+                group=group.name,
+                body=delivery.body,
+                reason=str(exc) or type(exc).__name__,
+                error_class=type(exc).__name__,
+                attempts=delivery.attempts,
+                time=utcnow(),
+                event_type=envelope.type if envelope else delivery.routing_key or None,
+                correlationid=envelope.correlationid if envelope else None,
+            )
+        )
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Our own errors say whether retrying can help; anything else may be transient."""
+    if isinstance(exc, AiAppsError):
+        return exc.retryable
+    return True

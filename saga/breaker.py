@@ -1,0 +1,104 @@
+"""Circuit breakers, one per service, shared by every saga in a coordinator process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import structlog
+
+log = structlog.get_logger("saga.breaker")
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a service's circuit opens and how long it stays open.
+
+    After ``failure_threshold`` consecutive failures (errors or timeouts) the circuit opens:
+    sagas take the step's fallback at once without calling the service. After ``cooldown``
+    seconds one trial call is let through (half-open); its success closes the circuit, its
+    failure opens it for another cool-down.
+    """
+
+    failure_threshold: int = 5
+    cooldown: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        if self.cooldown < 0:
+            raise ValueError("cooldown must not be negative")
+
+
+class CircuitBreaker:
+    """The circuit of one service."""
+
+    def __init__(self, service: str, policy: BreakerPolicy) -> None:
+        self.service = service
+        self.policy = policy
+        self.state = CircuitState.CLOSED
+        self.failures = 0
+        self.opened_at: datetime | None = None
+        self._trial_out = False
+
+    def allow(self, now: datetime) -> bool:
+        """May a call be made now? In half-open state only one trial call is allowed."""
+        if self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.OPEN:
+            assert self.opened_at is not None
+            if now < self.opened_at + timedelta(seconds=self.policy.cooldown):
+                return False
+            self._transition(CircuitState.HALF_OPEN)
+        if self._trial_out:
+            return False
+        self._trial_out = True
+        return True
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self._trial_out = False
+        if self.state is not CircuitState.CLOSED:
+            self._transition(CircuitState.CLOSED)
+            self.opened_at = None
+
+    def record_failure(self, now: datetime) -> None:
+        self.failures += 1
+        self._trial_out = False
+        if self.state is CircuitState.HALF_OPEN or (
+            self.state is CircuitState.CLOSED and self.failures >= self.policy.failure_threshold
+        ):
+            self.opened_at = now
+            self._transition(CircuitState.OPEN)
+
+    def _transition(self, state: CircuitState) -> None:
+        log.info("circuit", service=self.service, state=state.value, was=self.state.value)
+        self.state = state
+
+
+class BreakerRegistry:
+    """The breakers of every service, created on first use with the policy for that service."""
+
+    def __init__(
+        self, default: BreakerPolicy | None = None, per_service: dict[str, BreakerPolicy] | None = None
+    ) -> None:
+        self.default = default or BreakerPolicy()
+        self.per_service = per_service or {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def get(self, service: str) -> CircuitBreaker:
+        breaker = self._breakers.get(service)
+        if breaker is None:
+            policy = self.per_service.get(service, self.default)
+            breaker = self._breakers[service] = CircuitBreaker(service, policy)
+        return breaker
+
+    def states(self) -> dict[str, CircuitState]:
+        return {name: b.state for name, b in sorted(self._breakers.items())}

@@ -1,0 +1,418 @@
+"""The saga coordinator: runs workflows over the bus.
+
+For each request it keeps a :class:`~saga.state.SagaState` in the store, dispatches request
+events to the actors, matches their results by ``causationid``, applies timeouts (durable
+timers), retries, circuit breakers and fallbacks, and ends every saga in exactly one terminal
+event. State changes and the events they cause are saved in one transaction (outbox) and then
+published, so a crash between the two loses nothing: the outbox is relayed on restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+
+from bus.base import Transport
+from events.base import Event
+from events.envelope import Envelope
+from events.support import StepFailed
+from saga.breaker import BreakerRegistry
+from saga.clock import Clock, SystemClock
+from saga.state import SagaState, SagaStatus, StepError, StepState, StepStatus, StoredEvent
+from saga.store import ConcurrencyError, SagaStore, Timer
+from saga.workflow import SagaView, Step, Workflow
+
+log = structlog.get_logger("saga.coordinator")
+
+COORDINATOR_GROUP = "saga-coordinator"
+SOURCE = "/ai-apps/coordinator"
+
+
+@dataclass(slots=True)
+class _Changes:
+    """What one application of an event to a saga produced."""
+
+    outbox: list[Envelope] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+    ended: bool = False
+
+
+_ChangeFn = Callable[[SagaState | None], tuple[SagaState, _Changes] | None]
+
+
+class SagaCoordinator:
+    """Runs the given workflows. One coordinator process, or several sharing a store."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        store: SagaStore,
+        workflows: Iterable[Workflow],
+        *,
+        clock: Clock | None = None,
+        breakers: BreakerRegistry | None = None,
+        timer_interval: float = 0.2,
+        concurrency: int = 16,
+    ) -> None:
+        self.transport = transport
+        self.store = store
+        self.workflows = {w.name: w for w in workflows}
+        self._starts = {w.starts_on.event_type: w for w in self.workflows.values()}
+        if len(self._starts) != len(self.workflows):
+            raise ValueError("two workflows start on the same event type")
+        self.clock = clock or SystemClock()
+        self.breakers = breakers or BreakerRegistry()
+        self.timer_interval = timer_interval
+        self.concurrency = concurrency
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._timer_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def subscribed_types(self) -> set[str]:
+        """The start events of every workflow, plus every result and failure event."""
+        from events.support import ProviderResult
+
+        types = set(self._starts) | {StepFailed.event_type}
+        types |= {t.event_type for t in _subclasses(ProviderResult) if t.event_type}
+        return types
+
+    async def start(self, *, run_timers: bool = True) -> None:
+        """Subscribe to the bus, relay any outbox left by a crash, and start firing timers."""
+        await self.transport.subscribe(
+            COORDINATOR_GROUP, sorted(self.subscribed_types()), self.handle,
+            concurrency=self.concurrency,
+        )
+        await self.relay_outbox()
+        if run_timers and self._timer_task is None:
+            self._timer_task = asyncio.create_task(self._timer_loop(), name="saga-timers")
+
+    async def stop(self) -> None:
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer_task
+            self._timer_task = None
+
+    # -- handling events -------------------------------------------------------------------
+
+    async def handle(self, envelope: Envelope) -> None:
+        """Apply one event from the bus to its saga."""
+        workflow = self._starts.get(envelope.type)
+        if workflow is not None:
+            await self._apply(envelope.correlationid, lambda s: self._begin(workflow, envelope, s))
+        else:
+            await self._apply(envelope.correlationid, lambda s: self._on_result(envelope, s))
+
+    async def fire_due_timers(self) -> int:
+        """Fire every timer that is due now; returns how many fired. Called by the timer loop
+        and by tests that move the clock."""
+        fired = 0
+        for timer in await self.store.due_timers(self.clock.now()):
+            if not await self.store.claim_timer(timer.id):
+                continue  # another coordinator fired it
+            fired += 1
+            await self._apply(timer.saga_id, functools.partial(self._on_timer, timer))
+        return fired
+
+    async def relay_outbox(self) -> int:
+        """Publish outbox events that were saved but not yet published (after a crash)."""
+        relayed = 0
+        while batch := await self.store.pending_outbox():
+            for env in batch:
+                await self.transport.publish(env)
+            await self.store.mark_published([e.id for e in batch])
+            relayed += len(batch)
+        return relayed
+
+    # -- the core: load, apply, save with the outbox, publish ------------------------------
+
+    async def _apply(self, saga_id: str, change: _ChangeFn) -> None:
+        lock = self._locks.get(saga_id)
+        if lock is None:
+            lock = self._locks[saga_id] = asyncio.Lock()
+        async with lock:
+            for _ in range(20):
+                state = await self.store.load(saga_id)
+                expected = state.version if state else 0
+                result = change(state)
+                if result is None:
+                    return
+                new_state, changes = result
+                try:
+                    await self.store.save(
+                        new_state,
+                        expected_version=expected,
+                        outbox=changes.outbox,
+                        timers=changes.timers,
+                        cancel_timers_of=new_state.id if changes.ended else None,
+                    )
+                except ConcurrencyError:
+                    log.info("saga changed concurrently; reapplying", saga=saga_id)
+                    continue
+                break
+            else:
+                raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
+        for env in changes.outbox:
+            await self.transport.publish(env)
+        await self.store.mark_published([e.id for e in changes.outbox])
+
+    # -- transitions (pure: state in, state and changes out) -------------------------------
+
+    def _begin(
+        self, workflow: Workflow, envelope: Envelope, existing: SagaState | None
+    ) -> tuple[SagaState, _Changes] | None:
+        if existing is not None:
+            log.info("duplicate start ignored", saga=envelope.correlationid)
+            return None
+        now = self.clock.now()
+        state = SagaState(
+            id=envelope.correlationid,
+            workflow=workflow.name,
+            tenant=envelope.tenant,
+            start=StoredEvent.of(envelope.data),
+            start_envelope_id=envelope.id,
+            traceparent=envelope.traceparent,
+            started_at=now,
+        )
+        for step in workflow.steps:
+            state.steps[step.name] = StepState(key=step.name, name=step.name, service=step.service)
+        changes = _Changes()
+        self._advance(workflow, state, changes)
+        log.info("saga started", saga=state.id, workflow=workflow.name)
+        return state, changes
+
+    def _on_result(
+        self, envelope: Envelope, existing: SagaState | None
+    ) -> tuple[SagaState, _Changes] | None:
+        if existing is None or existing.status is not SagaStatus.RUNNING:
+            return None  # late result of a finished saga, or not one of ours
+        state = existing.model_copy(deep=True)
+        step = state.step_by_request(envelope.causationid)
+        if step is None or step.status is not StepStatus.DISPATCHED:
+            log.debug("stale or duplicate result ignored", saga=state.id, type=envelope.type)
+            return None
+        workflow = self.workflows[state.workflow]
+        changes = _Changes()
+        now = self.clock.now()
+        breaker = self.breakers.get(step.service)
+        if isinstance(envelope.data, StepFailed):
+            failure = envelope.data
+            breaker.record_failure(now)
+            error = StepError(
+                error_class=failure.error_class, message=failure.message,
+                retryable=failure.retryable,
+            )
+            self._failed(workflow, state, step, error, failure.retry_after, changes)
+        else:
+            breaker.record_success()
+            step.status = StepStatus.SUCCEEDED
+            step.result = StoredEvent.of(envelope.data)
+            step.finished_at = now
+            step.deadline = None
+        self._advance(workflow, state, changes)
+        return state, changes
+
+    def _on_timer(
+        self, timer: Timer, existing: SagaState | None
+    ) -> tuple[SagaState, _Changes] | None:
+        if existing is None or existing.status is not SagaStatus.RUNNING:
+            return None
+        state = existing.model_copy(deep=True)
+        step = state.steps.get(timer.step)
+        if step is None or step.attempts != timer.attempt:
+            return None  # a stale timer: the step moved on since it was set
+        workflow = self.workflows[state.workflow]
+        changes = _Changes()
+        if timer.kind == "deadline" and step.status is StepStatus.DISPATCHED:
+            self.breakers.get(step.service).record_failure(self.clock.now())
+            timeout = workflow.step(step.name).timeout
+            error = StepError(
+                error_class="timeout",
+                message=f"no answer from {step.service} within {timeout:g}s",
+                retryable=True,
+            )
+            self._failed(workflow, state, step, error, None, changes)
+        elif timer.kind == "retry" and step.status is StepStatus.WAITING_RETRY:
+            self._dispatch_or_fallback(workflow, state, step, changes)
+        else:
+            return None
+        self._advance(workflow, state, changes)
+        return state, changes
+
+    def _failed(
+        self,
+        workflow: Workflow,
+        state: SagaState,
+        step: StepState,
+        error: StepError,
+        retry_after: float | None,
+        changes: _Changes,
+    ) -> None:
+        definition = workflow.step(step.name)
+        step.error = error
+        step.deadline = None
+        if error.retryable and step.attempts < definition.retry.max_attempts:
+            delay = definition.retry.delay(step.attempts, retry_after)
+            step.status = StepStatus.WAITING_RETRY
+            changes.timers.append(self._timer(state, step, "retry", delay))
+            log.info("step retry scheduled", saga=state.id, step=step.key, delay=delay,
+                     error=error.error_class)
+            return
+        self._give_up(workflow, state, step, f"{error.error_class}: {error.message}", changes)
+
+    def _give_up(
+        self, workflow: Workflow, state: SagaState, step: StepState, reason: str, changes: _Changes
+    ) -> None:
+        """The step will not get its service's answer: fall back, or fail it (and the saga)."""
+        definition = workflow.step(step.name)
+        step.finished_at = self.clock.now()
+        if definition.fallback is not None:
+            substitute = definition.fallback(SagaView(state, step.item), reason)
+            step.status = StepStatus.FALLBACK
+            step.fallback_reason = reason
+            step.result = StoredEvent.of(substitute) if substitute is not None else None
+            log.warning("step fell back", saga=state.id, step=step.key, reason=reason)
+            return
+        step.status = StepStatus.FAILED
+        if definition.required:
+            self._end_failed(workflow, state, f"step {step.key} failed: {reason}", step.key, changes)
+
+    def _advance(self, workflow: Workflow, state: SagaState, changes: _Changes) -> None:
+        """Dispatch every step whose needs are settled, until nothing changes; then finish."""
+        progressed = True
+        while progressed and state.status is SagaStatus.RUNNING:
+            progressed = False
+            for definition in workflow.steps:
+                root = state.steps[definition.name]
+                if root.status is StepStatus.EXPANDED:
+                    for key in root.branches:
+                        branch = state.steps[key]
+                        if branch.status is StepStatus.PENDING:
+                            self._dispatch_or_fallback(workflow, state, branch, changes)
+                            progressed = True
+                    continue
+                if root.status is not StepStatus.PENDING:
+                    continue
+                if not all(self._settled(state, need) for need in definition.needs):
+                    continue
+                progressed = True
+                view = SagaView(state)
+                if definition.when is not None and not definition.when(view):
+                    root.status = StepStatus.SKIPPED
+                    continue
+                if definition.for_each is not None:
+                    root.status = StepStatus.EXPANDED
+                    for item in dict.fromkeys(definition.for_each(view)):
+                        key = f"{definition.name}[{item}]"
+                        state.steps[key] = StepState(
+                            key=key, name=definition.name, service=definition.service, item=item
+                        )
+                        root.branches.append(key)
+                    continue
+                self._dispatch_or_fallback(workflow, state, root, changes)
+                if state.status is not SagaStatus.RUNNING:
+                    return
+        if state.status is SagaStatus.RUNNING and all(
+            self._settled(state, d.name) for d in workflow.steps
+        ):
+            self._end_completed(workflow, state, changes)
+
+    def _settled(self, state: SagaState, name: str) -> bool:
+        step = state.steps[name]
+        if step.status is StepStatus.EXPANDED:
+            return all(state.steps[k].status.settled for k in step.branches)
+        return step.status.settled
+
+    def _dispatch_or_fallback(
+        self, workflow: Workflow, state: SagaState, step: StepState, changes: _Changes
+    ) -> None:
+        definition = workflow.step(step.name)
+        now = self.clock.now()
+        if not self.breakers.get(step.service).allow(now):
+            step.started_at = step.started_at or now
+            self._give_up(workflow, state, step, f"circuit_open: {step.service} is unavailable",
+                          changes)
+            return
+        request = definition.request(SagaView(state, step.item))
+        envelope = state.start_envelope().follow(
+            request, source=SOURCE, subject=step.key, time=now
+        )
+        step.status = StepStatus.DISPATCHED
+        step.attempts += 1
+        step.request_id = envelope.id
+        step.started_at = step.started_at or now
+        step.deadline = now + timedelta(seconds=definition.timeout)
+        changes.outbox.append(envelope)
+        changes.timers.append(self._timer(state, step, "deadline", definition.timeout))
+
+    def _timer(self, state: SagaState, step: StepState, kind: str, delay: float) -> Timer:
+        return Timer(
+            id=str(uuid.uuid4()), saga_id=state.id, step=step.key, kind=kind,  # type: ignore[arg-type]
+            due_at=self.clock.now() + timedelta(seconds=delay), attempt=step.attempts,
+        )
+
+    def _end_completed(self, workflow: Workflow, state: SagaState, changes: _Changes) -> None:
+        state.status = SagaStatus.COMPLETED
+        state.finished_at = self.clock.now()
+        self._terminal(state, workflow.complete(SagaView(state)), changes)
+        log.info("saga completed", saga=state.id, degraded=list(state.degraded))
+
+    def _end_failed(
+        self, workflow: Workflow, state: SagaState, reason: str, step: str | None, changes: _Changes
+    ) -> None:
+        state.status = SagaStatus.FAILED
+        state.failure_reason = reason
+        state.finished_at = self.clock.now()
+        for other in state.steps.values():
+            if other.status in (StepStatus.DISPATCHED, StepStatus.WAITING_RETRY,
+                                StepStatus.PENDING):
+                other.status = StepStatus.CANCELLED
+        for other in state.steps.values():
+            definition = workflow.step(other.name)
+            if other.status is StepStatus.SUCCEEDED and definition.compensate is not None:
+                request = definition.compensate(SagaView(state, other.item))
+                changes.outbox.append(
+                    state.start_envelope().follow(
+                        request, source=SOURCE, subject=f"compensate:{other.key}",
+                        time=self.clock.now(),
+                    )
+                )
+        self._terminal(state, workflow.fail(SagaView(state), reason, step), changes)
+        log.warning("saga failed", saga=state.id, reason=reason)
+
+    def _terminal(self, state: SagaState, event: Event, changes: _Changes) -> None:
+        state.terminal = StoredEvent.of(event)
+        changes.outbox.append(
+            state.start_envelope().follow(event, source=SOURCE, subject=None,
+                                          time=self.clock.now())
+        )
+        changes.ended = True
+
+    async def _timer_loop(self) -> None:
+        while True:
+            try:
+                await self.fire_due_timers()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive one bad timer; the error is logged
+                log.exception("timer loop error")
+            await asyncio.sleep(self.timer_interval)
+
+
+def _subclasses(cls: type) -> list[type]:
+    out: list[type] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_subclasses(sub))
+    return out

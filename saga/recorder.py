@@ -1,0 +1,23 @@
+"""The event recorder: appends every event that crosses the bus to the event store."""
+
+from __future__ import annotations
+
+from bus.base import ALL_TYPES, Transport
+from events.envelope import Envelope
+from saga.store import SagaStore
+
+RECORDER_GROUP = "event-store"
+
+
+class EventRecorder:
+    """A subscriber group of its own on every event type; appends are idempotent by id."""
+
+    def __init__(self, transport: Transport, store: SagaStore) -> None:
+        self.transport = transport
+        self.store = store
+
+    async def start(self) -> None:
+        await self.transport.subscribe(RECORDER_GROUP, [ALL_TYPES], self.handle)
+
+    async def handle(self, envelope: Envelope) -> None:
+        await self.store.append_events([envelope])

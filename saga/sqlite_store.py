@@ -1,0 +1,239 @@
+"""The SQLite saga store: the embedded default. State, outbox, timers and events live in one
+database file, and each change is one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+
+from events.envelope import Envelope, decode, encode
+from saga.state import SagaState
+from saga.store import ConcurrencyError, StoreError, Timer
+
+SCHEMA = """
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA busy_timeout = 10000;
+CREATE TABLE IF NOT EXISTS sagas (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sagas_started ON sagas (started_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    saga_id TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timers (
+    id TEXT PRIMARY KEY,
+    saga_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    attempt INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
+CREATE INDEX IF NOT EXISTS timers_saga ON timers (saga_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    correlation_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    type TEXT NOT NULL,
+    time TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_correlation ON events (correlation_id, seq);
+CREATE TABLE IF NOT EXISTS inbox (
+    request_id TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
+"""
+
+
+def _ts(value: datetime) -> str:
+    # one fixed-width UTC form, so that text order is time order
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SqliteSagaStore:
+    """The saga store in one SQLite file (``sqlite:///path``); ``:memory:`` works for tests."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = await aiosqlite.connect(self.path)
+            await self._db.executescript(SCHEMA)
+            await self._db.commit()
+        except Exception as exc:  # sqlite3 raises several unrelated classes here
+            raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the SQLite store is not open")
+        return self._db
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        async with self.db.execute("SELECT state FROM sagas WHERE id = ?", (saga_id,)) as cur:
+            row = await cur.fetchone()
+        return SagaState.model_validate_json(row[0]) if row else None
+
+    async def save(
+        self,
+        state: SagaState,
+        *,
+        expected_version: int,
+        outbox: Sequence[Envelope] = (),
+        timers: Sequence[Timer] = (),
+        cancel_timers_of: str | None = None,
+    ) -> SagaState:
+        saved = state.model_copy(update={"version": expected_version + 1})
+        body = saved.model_dump_json()
+        db = self.db
+        # one writer at a time on this connection: aiosqlite serialises statements, but a
+        # transaction must not interleave with another coroutine's
+        async with self._lock:
+            try:
+                if expected_version == 0:
+                    cur = await db.execute(
+                        "INSERT OR IGNORE INTO sagas (id, workflow, tenant, status, version,"
+                        " started_at, state) VALUES (?, ?, ?, ?, 1, ?, ?)",
+                        (state.id, state.workflow, state.tenant, saved.status.value,
+                         _ts(state.started_at), body),
+                    )
+                else:
+                    cur = await db.execute(
+                        "UPDATE sagas SET status = ?, version = ?, state = ? "
+                        "WHERE id = ? AND version = ?",
+                        (saved.status.value, saved.version, body, state.id, expected_version),
+                    )
+                if cur.rowcount != 1:
+                    raise ConcurrencyError(
+                        f"saga {state.id} is not at version {expected_version}"
+                    )
+                if outbox:
+                    await db.executemany(
+                        "INSERT OR IGNORE INTO outbox (event_id, saga_id, body) VALUES (?, ?, ?)",
+                        [(e.id, state.id, encode(e)) for e in outbox],
+                    )
+                if cancel_timers_of is not None:
+                    await db.execute("DELETE FROM timers WHERE saga_id = ?", (cancel_timers_of,))
+                if timers:
+                    await db.executemany(
+                        "INSERT OR REPLACE INTO timers (id, saga_id, step, kind, due_at, attempt)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        [(t.id, t.saga_id, t.step, t.kind, _ts(t.due_at), t.attempt)
+                         for t in timers],
+                    )
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+        return saved
+
+    async def pending_outbox(self, limit: int = 100) -> list[Envelope]:
+        async with self.db.execute(
+            "SELECT body FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [decode(r[0]) for r in rows]
+
+    async def mark_published(self, event_ids: Sequence[str]) -> None:
+        if not event_ids:
+            return
+        async with self._lock:
+            await self.db.executemany(
+                "DELETE FROM outbox WHERE event_id = ?", [(i,) for i in event_ids]
+            )
+            await self.db.commit()
+
+    async def due_timers(self, now: datetime, limit: int = 100) -> list[Timer]:
+        async with self.db.execute(
+            "SELECT id, saga_id, step, kind, due_at, attempt FROM timers WHERE due_at <= ? "
+            "ORDER BY due_at LIMIT ?",
+            (_ts(now), limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            Timer(
+                id=r[0], saga_id=r[1], step=r[2], kind=r[3],
+                due_at=datetime.strptime(r[4], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
+                attempt=r[5],
+            )
+            for r in rows
+        ]
+
+    async def claim_timer(self, timer_id: str) -> bool:
+        async with self._lock:
+            cur = await self.db.execute("DELETE FROM timers WHERE id = ?", (timer_id,))
+            await self.db.commit()
+        return cur.rowcount == 1
+
+    async def append_events(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        async with self._lock:
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO events (id, correlation_id, tenant, type, time, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.id, e.correlationid, e.tenant, e.type, _ts(e.time), encode(e))
+                 for e in envelopes],
+            )
+            await self.db.commit()
+
+    async def events(self, correlationid: str) -> list[Envelope]:
+        async with self.db.execute(
+            "SELECT body FROM events WHERE correlation_id = ? ORDER BY seq", (correlationid,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [decode(r[0]) for r in rows]
+
+    async def list_sagas(self, status: str | None = None, limit: int = 50) -> list[SagaState]:
+        query = "SELECT state FROM sagas"
+        params: tuple[object, ...] = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            params = (status,)
+        query += " ORDER BY started_at DESC LIMIT ?"
+        async with self.db.execute(query, (*params, limit)) as cur:
+            rows = await cur.fetchall()
+        return [SagaState.model_validate_json(r[0]) for r in rows]
+
+    async def recorded_result(self, request_id: str) -> Envelope | None:
+        async with self.db.execute(
+            "SELECT body FROM inbox WHERE request_id = ?", (request_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return decode(row[0]) if row else None
+
+    async def record_result(self, request_id: str, result: Envelope) -> None:
+        async with self._lock:
+            await self.db.execute(
+                "INSERT OR IGNORE INTO inbox (request_id, body) VALUES (?, ?)",
+                (request_id, encode(result)),
+            )
+            await self.db.commit()

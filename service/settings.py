@@ -1,0 +1,67 @@
+"""Every setting of ai-apps in one object, read from ``AIAPPS_*`` environment variables and an
+optional ``.env`` file. The defaults need nothing installed or running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+ProviderFamily = Literal["local", "fake"]
+
+
+class ProviderSettings(BaseModel):
+    """Which provider family serves each capability (``AIAPPS_PROVIDERS__TRANSLATION=local``)."""
+
+    language: ProviderFamily = "local"
+    vision: ProviderFamily = "local"
+    translation: ProviderFamily = "local"
+    responder: ProviderFamily = "local"
+    speech: ProviderFamily = "local"
+
+
+class Settings(BaseSettings):
+    """ai-apps settings. Nested values use ``__``: ``AIAPPS_PROVIDERS__SPEECH=fake``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIAPPS_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    bus: str = Field(
+        default="memory://",
+        description="The message bus: memory:// (in-process, the default) or amqp://user:pw@host/.",
+    )
+    store: str = Field(
+        default="sqlite:///.aiapps/aiapps.db",
+        description="Saga state, outbox, timers and events: sqlite:///PATH, or memory://.",
+    )
+    blobs: Path = Field(default=Path(".aiapps/blobs"), description="Folder of the blob store.")
+    knowledge_base: Path = Field(
+        default=REPO_ROOT / "examples" / "knowledge_base",
+        description="Folder of Markdown support articles the responder answers from.",
+    )
+    providers: ProviderSettings = ProviderSettings()
+    languages: list[str] = Field(
+        default=["en", "es", "fr", "de", "it", "pt", "nl", "ca"],
+        description="Languages the local language detector chooses between.",
+    )
+
+    escalation_threshold: float = Field(default=0.5, ge=0, le=1)
+    step_timeouts: dict[str, float] = Field(
+        default_factory=dict, description="Per-step timeout overrides in seconds, by step name."
+    )
+    step_max_attempts: int = Field(default=3, ge=1)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown: float = Field(default=30.0, ge=0)
+
+    bus_max_attempts: int = Field(default=5, ge=1, description="Deliveries before dead-letter.")
+    bus_retry_delay: float = Field(default=0.5, ge=0, description="First redelivery delay (s).")
+    concurrency: int = Field(default=8, ge=1, description="Handlers in flight per group.")
+    timer_interval: float = Field(default=0.2, gt=0, description="Seconds between timer scans.")
+
+    log_level: str = "WARNING"
+    log_format: Literal["auto", "json", "console"] = "auto"

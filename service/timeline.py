@@ -1,0 +1,54 @@
+"""A saga's timeline: each step's service, timing, attempts, outcome, fallback and error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saga.state import SagaState, StepStatus
+
+
+def timeline_rows(state: SagaState) -> list[dict[str, Any]]:
+    """One row per step (branches of a fan-out step each get one), in definition order."""
+    rows: list[dict[str, Any]] = []
+    for key, step in state.steps.items():
+        if step.status is StepStatus.EXPANDED:
+            continue
+        start_ms = (
+            (step.started_at - state.started_at).total_seconds() * 1000
+            if step.started_at else None
+        )
+        duration_ms = (
+            (step.finished_at - step.started_at).total_seconds() * 1000
+            if step.finished_at and step.started_at else None
+        )
+        provider = None
+        if step.result is not None:
+            provider = (step.result.data.get("provider") or {}).get("name")
+        rows.append({
+            "step": key,
+            "service": step.service,
+            "start_ms": round(start_ms, 1) if start_ms is not None else None,
+            "duration_ms": round(duration_ms, 1) if duration_ms is not None else None,
+            "attempts": step.attempts,
+            "outcome": step.status.value,
+            "provider": provider,
+            "fallback": step.fallback_reason,
+            "error": f"{step.error.error_class}: {step.error.message}" if step.error else None,
+        })
+    return rows
+
+
+def saga_summary(state: SagaState) -> dict[str, Any]:
+    """The saga's state as JSON: what the CLI prints with --json and the gateway returns."""
+    return {
+        "id": state.id,
+        "workflow": state.workflow,
+        "tenant": state.tenant,
+        "status": state.status.value,
+        "started_at": state.started_at.isoformat(),
+        "finished_at": state.finished_at.isoformat() if state.finished_at else None,
+        "degraded": list(state.degraded),
+        "failure_reason": state.failure_reason,
+        "outcome": state.terminal.model_dump(mode="json") if state.terminal else None,
+        "steps": timeline_rows(state),
+    }

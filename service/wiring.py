@@ -1,0 +1,257 @@
+"""Builds the running service from settings: the bus and store chosen by URL, the providers
+chosen per capability, the actors, the coordinator and the event recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from actors.blobstore import FileBlobStore
+from actors.runtime import Actor, ActorRuntime
+from actors.services import (
+    SERVICES,
+    LanguageActor,
+    ResponderActor,
+    SpeechActor,
+    TranslationActor,
+    VisionActor,
+)
+from bus.base import RetryPolicy, Transport
+from bus.memory import InMemoryTransport
+from events.envelope import Envelope
+from events.errors import AiAppsError
+from events.support import InquiryFailed, InquiryReceived, ResponseReady
+from saga.breaker import BreakerPolicy, BreakerRegistry
+from saga.clock import Clock
+from saga.coordinator import SagaCoordinator
+from saga.memory_store import InMemorySagaStore
+from saga.recorder import EventRecorder
+from saga.sqlite_store import SqliteSagaStore
+from saga.store import SagaStore
+from saga.workflow import StepRetry
+from saga.workflows.support import support_workflow
+from service.settings import Settings
+
+TERMINAL_TYPES = (ResponseReady.event_type, InquiryFailed.event_type)
+
+
+class ConfigurationError(AiAppsError):
+    """A setting is wrong or needs an extra that is not installed; the message says which."""
+
+
+def _require(module: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{module} needs the '{extra}' extra: pip install 'ai-apps[{extra}]' ({exc})"
+        ) from exc
+
+
+def make_transport(settings: Settings) -> Transport:
+    """The bus named by ``settings.bus``."""
+    retry = RetryPolicy(max_attempts=settings.bus_max_attempts,
+                        initial_delay=settings.bus_retry_delay)
+    url = settings.bus
+    if url.startswith("memory://"):
+        return InMemoryTransport(retry=retry, concurrency=settings.concurrency)
+    if url.startswith(("amqp://", "amqps://")):
+        module = _require("bus.rabbitmq", "rabbitmq")
+        transport: Transport = module.RabbitMQTransport(
+            url, retry=retry, prefetch=settings.concurrency
+        )
+        return transport
+    raise ConfigurationError(f"AIAPPS_BUS={url!r}: use memory:// or amqp://user:pass@host/")
+
+
+def make_store(settings: Settings) -> SagaStore:
+    """The saga store named by ``settings.store``."""
+    url = settings.store
+    if url.startswith("memory://"):
+        return InMemorySagaStore()
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
+        return SqliteSagaStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        module = _require("saga.postgres_store", "postgres")
+        store: SagaStore = module.PostgresSagaStore(url)
+        return store
+    raise ConfigurationError(
+        f"AIAPPS_STORE={url!r}: use sqlite:///path/to.db, memory:// or postgresql://…"
+    )
+
+
+def _local(module: str, cls: str) -> Callable[..., Any]:
+    return getattr(importlib.import_module(f"actors.providers.local.{module}"), cls)  # type: ignore[no-any-return]
+
+
+def make_actors(
+    settings: Settings,
+    blobs: FileBlobStore,
+    services: Iterable[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[Actor]:
+    """The actors of ``services`` (all by default), each with the provider chosen for it.
+    ``overrides`` maps a service to a ready provider object (tests pass fakes this way)."""
+    chosen = list(services) if services is not None else list(SERVICES)
+    unknown = [s for s in chosen if s not in SERVICES]
+    if unknown:
+        raise ConfigurationError(f"unknown actors {unknown}; choose from {sorted(SERVICES)}")
+    overrides = overrides or {}
+    from actors.providers import fake
+
+    def provider(service: str) -> Any:
+        if service in overrides:
+            return overrides[service]
+        family = getattr(settings.providers, service)
+        if family == "fake":
+            return {
+                "language": fake.FakeLanguageDetector, "vision": fake.FakeImageAnalyzer,
+                "translation": fake.FakeTranslator, "responder": fake.FakeResponder,
+                "speech": fake.FakeSpeechSynthesizer,
+            }[service]()
+        if service == "language":
+            return _local("language", "LinguaLanguageDetector")(languages=settings.languages)
+        if service == "vision":
+            return _local("vision", "LocalImageAnalyzer")()
+        if service == "translation":
+            return _local("translation", "ApertiumTranslator")()
+        if service == "responder":
+            return _local("responder", "LocalResponder")(settings.knowledge_base)
+        return _local("speech", "EspeakSynthesizer")()
+
+    actors: list[Actor] = []
+    for service in chosen:
+        if service == "language":
+            actors.append(LanguageActor(provider(service)))
+        elif service == "vision":
+            actors.append(VisionActor(provider(service), blobs))
+        elif service == "translation":
+            actors.append(TranslationActor(provider(service)))
+        elif service == "responder":
+            actors.append(ResponderActor(provider(service)))
+        elif service == "speech":
+            actors.append(SpeechActor(provider(service), blobs))
+    return actors
+
+
+def make_coordinator(
+    settings: Settings, transport: Transport, store: SagaStore, clock: Clock | None = None
+) -> SagaCoordinator:
+    workflow = support_workflow(
+        escalation_threshold=settings.escalation_threshold,
+        timeouts=settings.step_timeouts,
+        retry=StepRetry(max_attempts=settings.step_max_attempts),
+    )
+    breakers = BreakerRegistry(
+        BreakerPolicy(settings.breaker_failure_threshold, settings.breaker_cooldown)
+    )
+    return SagaCoordinator(
+        transport, store, [workflow], clock=clock, breakers=breakers,
+        timer_interval=settings.timer_interval,
+    )
+
+
+class Service:
+    """Everything in one process: the embedded default (``ai-apps inquiry``, ``demo``).
+
+    ``roles`` picks what runs here: the coordinator (with the event recorder), the actors, or
+    both. Use as an async context manager; :meth:`submit` publishes an inquiry and
+    :meth:`wait` returns its terminal event.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        coordinator: bool = True,
+        actors: Iterable[str] | None = None,
+        providers: dict[str, Any] | None = None,
+        clock: Clock | None = None,
+        transport: Transport | None = None,
+        store: SagaStore | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.transport = transport or make_transport(self.settings)
+        self.store = store or make_store(self.settings)
+        self.blobs = FileBlobStore(self.settings.blobs)
+        self.coordinator = (
+            make_coordinator(self.settings, self.transport, self.store, clock)
+            if coordinator else None
+        )
+        self.recorder = EventRecorder(self.transport, self.store) if coordinator else None
+        self.runtime = ActorRuntime(
+            self.transport,
+            make_actors(self.settings, self.blobs, actors, providers),
+            concurrency=self.settings.concurrency,
+            inbox=self.store,
+        )
+        self._waiters: dict[str, asyncio.Future[Envelope]] = {}
+        self._finished: dict[str, Envelope] = {}
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.transport.subscribe(
+            f"replies.{uuid.uuid4().hex[:12]}", TERMINAL_TYPES, self._on_terminal, ephemeral=True
+        )
+        if self.recorder is not None:
+            await self.recorder.start()
+        await self.runtime.start()
+        if self.coordinator is not None:
+            await self.coordinator.start()
+        await self.transport.start()
+
+    async def close(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.stop()
+        await self.transport.close()
+        await self.store.close()
+
+    async def submit(self, inquiry: InquiryReceived, *, tenant: str = "default") -> Envelope:
+        """Publish an inquiry; its correlation id is its inquiry id."""
+        envelope = Envelope.new(
+            inquiry, correlationid=inquiry.inquiry_id, tenant=tenant, source="/ai-apps/cli"
+        )
+        self._waiter(inquiry.inquiry_id)
+        await self.transport.publish(envelope)
+        return envelope
+
+    async def wait(self, inquiry_id: str, timeout: float | None = 300) -> Envelope:
+        """The terminal event (``ResponseReady`` or ``InquiryFailed``) of an inquiry."""
+        if inquiry_id in self._finished:
+            return self._finished[inquiry_id]
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(self._waiter(inquiry_id))
+
+    def _waiter(self, inquiry_id: str) -> asyncio.Future[Envelope]:
+        fut = self._waiters.get(inquiry_id)
+        if fut is None:
+            fut = self._waiters[inquiry_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def _on_terminal(self, envelope: Envelope) -> None:
+        self._finished[envelope.correlationid] = envelope
+        fut = self._waiters.pop(envelope.correlationid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(envelope)
+
+    async def attach(self, path: Path, media_type: str | None = None) -> Any:
+        """Put a file in the blob store and return its reference."""
+        import mimetypes
+
+        kind = media_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return await self.blobs.put(path.read_bytes(), kind, filename=path.name)

@@ -1,0 +1,121 @@
+"""The saga store contract, written once. A backend's test module subclasses
+:class:`StoreContract` and provides an opened, empty ``store`` fixture."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from events import Customer, Envelope, InquiryReceived, LanguageDetected, ProviderInfo
+from saga.state import SagaState, SagaStatus, StepState, StoredEvent
+from saga.store import ConcurrencyError, SagaStore, Timer
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def new_state(saga_id: str = "s1", started: datetime = T0) -> SagaState:
+    inquiry = InquiryReceived(inquiry_id=saga_id, customer=Customer(id="c"), message="hi")
+    return SagaState(
+        id=saga_id, workflow="support", tenant="t1", start=StoredEvent.of(inquiry),
+        start_envelope_id=f"env-{saga_id}", started_at=started,
+        steps={"respond": StepState(key="respond", name="respond", service="responder")},
+    )
+
+
+def envelope(correlation: str = "s1", text: str = "hola") -> Envelope:
+    return Envelope.new(
+        LanguageDetected(language="es", confidence=0.9, provider=ProviderInfo(name="fake")),
+        correlationid=correlation,
+    )
+
+
+def timer(tid: str, due: datetime, saga_id: str = "s1") -> Timer:
+    return Timer(id=tid, saga_id=saga_id, step="respond", kind="deadline", due_at=due, attempt=1)
+
+
+class StoreContract:
+    """Behaviour every saga store must show."""
+
+    async def test_save_and_load_round_trip(self, store: SagaStore) -> None:
+        """A saved saga loads back equal, with its version bumped."""
+        saved = await store.save(new_state(), expected_version=0)
+        assert saved.version == 1
+        loaded = await store.load("s1")
+        assert loaded == saved
+        assert await store.load("nope") is None
+
+    async def test_optimistic_concurrency(self, store: SagaStore) -> None:
+        """Saving against a stale version raises ConcurrencyError; a second insert too."""
+        await store.save(new_state(), expected_version=0)
+        with pytest.raises(ConcurrencyError):
+            await store.save(new_state(), expected_version=0)
+        state = await store.load("s1")
+        assert state is not None
+        await store.save(state.model_copy(update={"status": SagaStatus.COMPLETED}),
+                         expected_version=1)
+        with pytest.raises(ConcurrencyError):
+            await store.save(state, expected_version=1)
+
+    async def test_outbox_commits_with_state_and_drains(self, store: SagaStore) -> None:
+        """Outbox events saved with the state are pending until marked published."""
+        a, b = envelope(), envelope()
+        await store.save(new_state(), expected_version=0, outbox=[a, b])
+        assert [e.id for e in await store.pending_outbox()] == [a.id, b.id]
+        await store.mark_published([a.id])
+        assert [e.id for e in await store.pending_outbox()] == [b.id]
+
+    async def test_failed_save_writes_no_outbox(self, store: SagaStore) -> None:
+        """A save that loses the version race leaves no outbox events or timers behind."""
+        await store.save(new_state(), expected_version=0)
+        with pytest.raises(ConcurrencyError):
+            await store.save(new_state(), expected_version=0, outbox=[envelope()],
+                             timers=[timer("t1", T0)])
+        assert await store.pending_outbox() == []
+        assert await store.due_timers(T0 + timedelta(days=1)) == []
+
+    async def test_timers_are_due_in_order_and_claimed_once(self, store: SagaStore) -> None:
+        """Due timers come back oldest first; claiming one succeeds exactly once."""
+        await store.save(new_state(), expected_version=0,
+                         timers=[timer("late", T0 + timedelta(seconds=20)),
+                                 timer("early", T0 + timedelta(seconds=10)),
+                                 timer("future", T0 + timedelta(hours=1))])
+        due = await store.due_timers(T0 + timedelta(seconds=30))
+        assert [t.id for t in due] == ["early", "late"]
+        assert due[0].due_at == T0 + timedelta(seconds=10)
+        results = await asyncio.gather(*(store.claim_timer("early") for _ in range(5)))
+        assert results.count(True) == 1
+        assert [t.id for t in await store.due_timers(T0 + timedelta(seconds=30))] == ["late"]
+
+    async def test_cancel_timers_of_a_saga(self, store: SagaStore) -> None:
+        """Ending a saga removes its timers, not another saga's."""
+        await store.save(new_state("s1"), expected_version=0, timers=[timer("a", T0)])
+        await store.save(new_state("s2"), expected_version=0, timers=[timer("b", T0, "s2")])
+        state = await store.load("s1")
+        assert state is not None
+        await store.save(state, expected_version=1, cancel_timers_of="s1")
+        assert [t.id for t in await store.due_timers(T0)] == ["b"]
+
+    async def test_event_store_appends_idempotently_in_order(self, store: SagaStore) -> None:
+        """Events come back per correlation id in append order; a repeated id is ignored."""
+        a, b, other = envelope("s1"), envelope("s1"), envelope("s2")
+        await store.append_events([a])
+        await store.append_events([other, b, a])
+        assert [e.id for e in await store.events("s1")] == [a.id, b.id]
+        assert await store.events("s1") == [a, b]
+
+    async def test_list_sagas_newest_first(self, store: SagaStore) -> None:
+        """list_sagas gives the most recent first, filtered by status."""
+        await store.save(new_state("old", T0), expected_version=0)
+        await store.save(new_state("new", T0 + timedelta(minutes=1)), expected_version=0)
+        assert [s.id for s in await store.list_sagas()] == ["new", "old"]
+        assert [s.id for s in await store.list_sagas(status="completed")] == []
+
+    async def test_inbox_records_first_result(self, store: SagaStore) -> None:
+        """The first result recorded for a request wins; unknown requests have none."""
+        first, second = envelope(), envelope()
+        assert await store.recorded_result("req-1") is None
+        await store.record_result("req-1", first)
+        await store.record_result("req-1", second)
+        assert await store.recorded_result("req-1") == first
