@@ -12,6 +12,9 @@ from urllib.parse import urlparse
 from events.common import BlobRef
 from events.errors import AiAppsError
 
+# the stdlib table lacks the common audio names
+_EXTENSIONS = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3", "audio/ogg": ".ogg"}
+
 
 class BlobNotFound(AiAppsError):
     """The blob a reference points to is not in the store."""
@@ -36,7 +39,7 @@ class FileBlobStore:
 
     async def put(self, data: bytes, media_type: str, filename: str | None = None) -> BlobRef:
         digest = hashlib.sha256(data).hexdigest()
-        ext = mimetypes.guess_extension(media_type) or ".bin"
+        ext = _EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type) or ".bin"
         path = self.root / digest[:2] / f"{digest}{ext}"
         await asyncio.to_thread(_write_once, path, data)
         return BlobRef(

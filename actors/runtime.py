@@ -46,6 +46,15 @@ class Actor(ABC):
     call_timeout: float = 120.0
     """Seconds before the actor gives up on its provider and reports a transient timeout."""
 
+    provider: object
+    """The capability provider this actor calls."""
+
+    async def warm_up(self) -> None:
+        """Load the provider's models now (in a thread) rather than on the first request."""
+        load = getattr(self.provider, "load", None)
+        if callable(load):
+            await asyncio.to_thread(load)
+
     @abstractmethod
     async def perform(self, request: Event) -> Event:
         """Do the work for one request and return the result event's payload."""
@@ -82,6 +91,10 @@ class ActorRuntime:
         self.actors = list(actors)
         self.middleware = tuple(middleware)
         self.concurrency = concurrency
+
+    async def warm_up(self) -> None:
+        """Load every actor's models before taking messages (they load in parallel threads)."""
+        await asyncio.gather(*(actor.warm_up() for actor in self.actors))
 
     async def start(self) -> None:
         for actor in self.actors:

@@ -34,12 +34,14 @@ class LanguageActor(Actor):
     service: ClassVar[str] = "language"
     consumes: ClassVar[type[Event]] = DetectLanguageRequested
 
+    provider: LanguageDetector
+
     def __init__(self, detector: LanguageDetector) -> None:
-        self.detector = detector
+        self.provider = detector
 
     async def perform(self, request: Event) -> LanguageDetected:
         assert isinstance(request, DetectLanguageRequested)
-        found = await self.detector.detect(request.text)
+        found = await self.provider.detect(request.text)
         return LanguageDetected(
             language=found.language, confidence=found.confidence, provider=found.provider,
             usage=found.usage,
@@ -50,14 +52,16 @@ class VisionActor(Actor):
     service: ClassVar[str] = "vision"
     consumes: ClassVar[type[Event]] = AnalyzeImageRequested
 
+    provider: ImageAnalyzer
+
     def __init__(self, analyzer: ImageAnalyzer, blobs: BlobStore) -> None:
-        self.analyzer = analyzer
+        self.provider = analyzer
         self.blobs = blobs
 
     async def perform(self, request: Event) -> ImageAnalyzed:
         assert isinstance(request, AnalyzeImageRequested)
         data = await self.blobs.get(request.image)
-        found = await self.analyzer.analyze(data, request.image.media_type, request.features)
+        found = await self.provider.analyze(data, request.image.media_type, request.features)
         return ImageAnalyzed(
             image=request.image, caption=found.caption, tags=found.tags, objects=found.objects,
             ocr_text=found.ocr_text, ocr_lines=found.ocr_lines, quality=found.quality,
@@ -69,12 +73,14 @@ class TranslationActor(Actor):
     service: ClassVar[str] = "translation"
     consumes: ClassVar[type[Event]] = TranslateTextRequested
 
+    provider: Translator
+
     def __init__(self, translator: Translator) -> None:
-        self.translator = translator
+        self.provider = translator
 
     async def perform(self, request: Event) -> TextTranslated:
         assert isinstance(request, TranslateTextRequested)
-        done = await self.translator.translate(
+        done = await self.provider.translate(
             request.text, request.to_language, request.from_language
         )
         return TextTranslated(
@@ -87,12 +93,14 @@ class ResponderActor(Actor):
     service: ClassVar[str] = "responder"
     consumes: ClassVar[type[Event]] = GenerateResponseRequested
 
+    provider: Responder
+
     def __init__(self, responder: Responder) -> None:
-        self.responder = responder
+        self.provider = responder
 
     async def perform(self, request: Event) -> ResponseGenerated:
         assert isinstance(request, GenerateResponseRequested)
-        draft = await self.responder.respond(
+        draft = await self.provider.respond(
             ResponseQuery(
                 message=request.message, language=request.language,
                 customer_name=request.customer_name, images=request.images,
@@ -108,13 +116,15 @@ class SpeechActor(Actor):
     service: ClassVar[str] = "speech"
     consumes: ClassVar[type[Event]] = SynthesizeSpeechRequested
 
+    provider: SpeechSynthesizer
+
     def __init__(self, synthesizer: SpeechSynthesizer, blobs: BlobStore) -> None:
-        self.synthesizer = synthesizer
+        self.provider = synthesizer
         self.blobs = blobs
 
     async def perform(self, request: Event) -> SpeechSynthesized:
         assert isinstance(request, SynthesizeSpeechRequested)
-        audio = await self.synthesizer.synthesize(
+        audio = await self.provider.synthesize(
             request.text, request.language, request.voice, request.style
         )
         ref = await self.blobs.put(audio.data, audio.media_type, filename=f"reply.{audio.format}")

@@ -57,7 +57,7 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
         base = min(self.initial_delay * self.multiplier ** max(retry - 1, 0), self.max_delay)
         if self.jitter:
-            base *= 1 + random.uniform(-self.jitter, self.jitter)  # noqa: S311 - not crypto
+            base *= 1 + random.uniform(-self.jitter, self.jitter)
         return base
 
 

@@ -52,8 +52,10 @@ class InMemoryTransport:
         retry: RetryPolicy | None = None,
         concurrency: int = 8,
         types: EventRegistry = registry,
+        drain_timeout: float = 5.0,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self.drain_timeout = drain_timeout
         self.concurrency = concurrency
         self._types = types
         self._groups: dict[str, _Group] = {}
@@ -85,6 +87,10 @@ class InMemoryTransport:
     async def close(self) -> None:
         if not self._started:
             return
+        if self.drain_timeout > 0:
+            # what is queued or in flight is handled first: nothing in memory survives a close
+            with contextlib.suppress(TimeoutError):
+                await self.idle(self.drain_timeout)
         self._closing = True
         for timer in self._timers:
             timer.cancel()

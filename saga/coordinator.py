@@ -28,7 +28,7 @@ from saga.breaker import BreakerRegistry
 from saga.clock import Clock, SystemClock
 from saga.state import SagaState, SagaStatus, StepError, StepState, StepStatus, StoredEvent
 from saga.store import ConcurrencyError, SagaStore, Timer
-from saga.workflow import SagaView, Step, Workflow
+from saga.workflow import SagaView, Workflow
 
 log = structlog.get_logger("saga.coordinator")
 
@@ -410,8 +410,9 @@ class SagaCoordinator:
             await asyncio.sleep(self.timer_interval)
 
 
-def _subclasses(cls: type) -> list[type]:
-    out: list[type] = []
+def _subclasses(cls: type[Event]) -> list[type[Event]]:
+    out: list[type[Event]] = []
+    sub: type[Event]
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_subclasses(sub))

@@ -17,7 +17,8 @@ class EventRecorder:
         self.store = store
 
     async def start(self) -> None:
-        await self.transport.subscribe(RECORDER_GROUP, [ALL_TYPES], self.handle)
+        # one at a time, so the store's order is the order the bus delivered them in
+        await self.transport.subscribe(RECORDER_GROUP, [ALL_TYPES], self.handle, concurrency=1)
 
     async def handle(self, envelope: Envelope) -> None:
         await self.store.append_events([envelope])

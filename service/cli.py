@@ -91,7 +91,7 @@ def _service(settings: Settings) -> Service:
 
 
 async def _run_inquiries(settings: Settings, paths: list[Path], timeout: float) -> list[dict[str, Any]]:
-    reports = []
+    reports: list[dict[str, Any]] = []
     async with _service(settings) as svc:
         sent = [await _submit(svc, p) for p in paths]
         for path, env in zip(paths, sent, strict=True):
@@ -141,8 +141,11 @@ def _print_report(report: dict[str, Any]) -> None:
     else:
         out.print(f"[red]InquiryFailed[/red]: {result['reason']}")
     if report["timeline"]:
-        table = Table("step", "service", "start ms", "duration ms", "attempts", "outcome",
-                      "fallback / error", title="timeline")
+        table = Table(title="timeline")
+        for name in ("step", "service"):
+            table.add_column(name, no_wrap=True)
+        for name in ("start ms", "duration ms", "attempts", "outcome", "fallback / error"):
+            table.add_column(name)
         for row in report["timeline"]:
             table.add_row(
                 row["step"], row["service"], _num(row["start_ms"]), _num(row["duration_ms"]),
@@ -224,8 +227,11 @@ def timeline(
         return
     out.print(f"[bold]{state.id}[/bold] workflow={state.workflow} status={state.status.value} "
               f"tenant={state.tenant}")
-    table = Table("step", "service", "start ms", "duration ms", "attempts", "outcome", "provider",
-                  "fallback / error")
+    table = Table()
+    for name in ("step", "service"):
+        table.add_column(name, no_wrap=True)
+    for name in ("start ms", "duration ms", "attempts", "outcome", "provider", "fallback / error"):
+        table.add_column(name)
     for row in summary["steps"]:
         table.add_row(row["step"], row["service"], _num(row["start_ms"]),
                       _num(row["duration_ms"]), str(row["attempts"]), row["outcome"],

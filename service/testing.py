@@ -53,7 +53,7 @@ class FakeService(Service):
         self.fakes = providers or FakeProviders()
         self.clock = clock or ManualClock()
         self.memory = InMemoryTransport(
-            retry=RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0)
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0), drain_timeout=0
         )
         super().__init__(
             fake_settings(tmp, **overrides),

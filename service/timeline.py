@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from saga.state import SagaState, StepStatus
+from saga.state import SagaState, StepState, StepStatus
 
 
 def timeline_rows(state: SagaState) -> list[dict[str, Any]]:
     """One row per step (branches of a fan-out step each get one), in definition order."""
     rows: list[dict[str, Any]] = []
-    for key, step in state.steps.items():
+    ordered: list[StepState] = []
+    for step in state.steps.values():
+        if step.item is not None:
+            continue  # a branch: listed under its fan-out step
         if step.status is StepStatus.EXPANDED:
-            continue
+            ordered.extend(state.steps[k] for k in step.branches)
+        else:
+            ordered.append(step)
+    for step in ordered:
+        key = step.key
         start_ms = (
             (step.started_at - state.started_at).total_seconds() * 1000
             if step.started_at else None

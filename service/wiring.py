@@ -210,6 +210,7 @@ class Service:
         )
         if self.recorder is not None:
             await self.recorder.start()
+        await self.runtime.warm_up()
         await self.runtime.start()
         if self.coordinator is not None:
             await self.coordinator.start()
@@ -254,4 +255,5 @@ class Service:
         import mimetypes
 
         kind = media_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return await self.blobs.put(path.read_bytes(), kind, filename=path.name)
+        data = await asyncio.to_thread(path.read_bytes)
+        return await self.blobs.put(data, kind, filename=path.name)

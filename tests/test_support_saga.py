@@ -156,7 +156,8 @@ class TestFailures:
         assert done.data.degraded == ("respond",)
         step = (await svc.saga("inq-1")).steps["respond"]
         assert step.attempts == 3
-        assert step.error is not None and step.error.error_class == "timeout"
+        assert step.error is not None
+        assert step.error.error_class == "timeout"
         assert len(await svc.terminal_events("inq-1")) == 1
 
     async def test_result_after_timeout_is_ignored(self, svc: FakeService) -> None:
@@ -176,7 +177,8 @@ class TestFailures:
         await svc.settle()
         step = (await svc.saga("inq-1")).steps["respond"]
         assert step.status is StepStatus.WAITING_RETRY
-        assert step.error is not None and step.error.error_class == "timeout"
+        assert step.error is not None
+        assert step.error.error_class == "timeout"
 
 
 class TestCircuitBreaker:
@@ -203,7 +205,8 @@ class TestCircuitBreaker:
             assert done.data.degraded == ("respond",)
             assert len(svc.fakes.responder.behaviour.calls) == calls  # not called
             fallback = (await svc.saga("b")).steps["respond"].fallback_reason
-            assert fallback is not None and fallback.startswith("circuit_open")
+            assert fallback is not None
+            assert fallback.startswith("circuit_open")
 
             svc.fakes.responder.behaviour.heal()
             svc.clock.advance(31)
@@ -276,7 +279,8 @@ class TestInvalidMessages:
         await svc.submit(make_inquiry("ok", language="en"))
         assert isinstance((await svc.wait("ok", timeout=5)).data, ResponseReady)
         letters = await svc.memory.dead_letters()
-        assert letters and all("not JSON" in d.reason for d in letters)
+        assert letters
+        assert all("not JSON" in d.reason for d in letters)
 
 
 class TestRequiredStepFailure:
