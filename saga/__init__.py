@@ -4,7 +4,7 @@ from saga.breaker import BreakerPolicy, BreakerRegistry, CircuitBreaker, Circuit
 from saga.clock import Clock, ManualClock, SystemClock
 from saga.coordinator import COORDINATOR_GROUP, SagaCoordinator
 from saga.memory_store import InMemorySagaStore
-from saga.recorder import RECORDER_GROUP, EventRecorder
+from saga.recorder import RECORDER_GROUP, EventRecorder, causal_order
 from saga.sqlite_store import SqliteSagaStore
 from saga.state import SagaState, SagaStatus, StepState, StepStatus
 from saga.store import ConcurrencyError, SagaError, SagaStore, StoreError, Timer
@@ -38,4 +38,5 @@ __all__ = [
     "SystemClock",
     "Timer",
     "Workflow",
+    "causal_order",
 ]

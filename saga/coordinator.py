@@ -16,7 +16,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -43,6 +43,15 @@ class _Changes:
     outbox: list[Envelope] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
     ended: bool = False
+    cause: str | None = None
+    """The event that caused these changes (their ``causationid``); None for a timer."""
+
+    def emit(self, state: SagaState, event: Event, subject: str | None, now: datetime) -> Envelope:
+        envelope = state.start_envelope().follow(event, source=SOURCE, subject=subject, time=now)
+        if self.cause is not None:
+            envelope = envelope.model_copy(update={"causationid": self.cause})
+        self.outbox.append(envelope)
+        return envelope
 
 
 _ChangeFn = Callable[[SagaState | None], tuple[SagaState, _Changes] | None]
@@ -60,6 +69,7 @@ class SagaCoordinator:
         clock: Clock | None = None,
         breakers: BreakerRegistry | None = None,
         timer_interval: float = 0.2,
+        outbox_interval: float = 5.0,
         concurrency: int = 16,
     ) -> None:
         self.transport = transport
@@ -71,6 +81,7 @@ class SagaCoordinator:
         self.clock = clock or SystemClock()
         self.breakers = breakers or BreakerRegistry()
         self.timer_interval = timer_interval
+        self.outbox_interval = outbox_interval
         self.concurrency = concurrency
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -118,17 +129,25 @@ class SagaCoordinator:
         """Fire every timer that is due now; returns how many fired. Called by the timer loop
         and by tests that move the clock."""
         fired = 0
-        for timer in await self.store.due_timers(self.clock.now()):
-            if not await self.store.claim_timer(timer.id):
-                continue  # another coordinator fired it
+        claim_due = getattr(self.store, "claim_due_timers", None)
+        if claim_due is not None:
+            # the store claims a batch atomically (FOR UPDATE SKIP LOCKED): one round trip
+            timers: list[Timer] = await claim_due(self.clock.now())
+            claimed = timers
+        else:
+            timers = await self.store.due_timers(self.clock.now())
+            claimed = [t for t in timers if await self.store.claim_timer(t.id)]
+        for timer in claimed:  # a timer another coordinator claimed is not in our list
             fired += 1
             await self._apply(timer.saga_id, functools.partial(self._on_timer, timer))
         return fired
 
-    async def relay_outbox(self) -> int:
-        """Publish outbox events that were saved but not yet published (after a crash)."""
+    async def relay_outbox(self, min_age: float = 0.0) -> int:
+        """Publish outbox events that were saved but not yet published (after a crash, or a
+        publish that failed); ``min_age`` leaves alone those saved in the last seconds, which
+        their own coordinator is publishing now."""
         relayed = 0
-        while batch := await self.store.pending_outbox():
+        while batch := await self.store.pending_outbox(min_age=min_age):
             for env in batch:
                 await self.transport.publish(env)
             await self.store.mark_published([e.id for e in batch])
@@ -187,7 +206,7 @@ class SagaCoordinator:
         )
         for step in workflow.steps:
             state.steps[step.name] = StepState(key=step.name, name=step.name, service=step.service)
-        changes = _Changes()
+        changes = _Changes(cause=envelope.id)
         self._advance(workflow, state, changes)
         log.info("saga started", saga=state.id, workflow=workflow.name)
         return state, changes
@@ -203,7 +222,7 @@ class SagaCoordinator:
             log.debug("stale or duplicate result ignored", saga=state.id, type=envelope.type)
             return None
         workflow = self.workflows[state.workflow]
-        changes = _Changes()
+        changes = _Changes(cause=envelope.id)
         now = self.clock.now()
         breaker = self.breakers.get(step.service)
         if isinstance(envelope.data, StepFailed):
@@ -345,15 +364,12 @@ class SagaCoordinator:
                           changes)
             return
         request = definition.request(SagaView(state, step.item))
-        envelope = state.start_envelope().follow(
-            request, source=SOURCE, subject=step.key, time=now
-        )
+        envelope = changes.emit(state, request, step.key, now)
         step.status = StepStatus.DISPATCHED
         step.attempts += 1
         step.request_id = envelope.id
         step.started_at = step.started_at or now
         step.deadline = now + timedelta(seconds=definition.timeout)
-        changes.outbox.append(envelope)
         changes.timers.append(self._timer(state, step, "deadline", definition.timeout))
 
     def _timer(self, state: SagaState, step: StepState, kind: str, delay: float) -> Timer:
@@ -382,27 +398,28 @@ class SagaCoordinator:
             definition = workflow.step(other.name)
             if other.status is StepStatus.SUCCEEDED and definition.compensate is not None:
                 request = definition.compensate(SagaView(state, other.item))
-                changes.outbox.append(
-                    state.start_envelope().follow(
-                        request, source=SOURCE, subject=f"compensate:{other.key}",
-                        time=self.clock.now(),
-                    )
-                )
+                changes.emit(state, request, f"compensate:{other.key}", self.clock.now())
         self._terminal(state, workflow.fail(SagaView(state), reason, step), changes)
         log.warning("saga failed", saga=state.id, reason=reason)
 
     def _terminal(self, state: SagaState, event: Event, changes: _Changes) -> None:
         state.terminal = StoredEvent.of(event)
-        changes.outbox.append(
-            state.start_envelope().follow(event, source=SOURCE, subject=None,
-                                          time=self.clock.now())
-        )
+        changes.emit(state, event, None, self.clock.now())
         changes.ended = True
 
     async def _timer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_relay = loop.time() + self.outbox_interval
         while True:
             try:
                 await self.fire_due_timers()
+                if loop.time() >= next_relay:
+                    # events whose publish failed after their commit (the broker was away)
+                    # go out now rather than at the next restart; a duplicate is harmless,
+                    # consumers dedup by request id and the event store by event id
+                    next_relay = loop.time() + self.outbox_interval
+                    if relayed := await self.relay_outbox(min_age=self.outbox_interval):
+                        log.info("outbox relayed", events=relayed)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must outlive one bad timer; the error is logged

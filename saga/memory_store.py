@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -15,7 +16,7 @@ class InMemorySagaStore:
 
     def __init__(self) -> None:
         self._sagas: dict[str, str] = {}
-        self._outbox: dict[str, bytes] = {}
+        self._outbox: dict[str, tuple[float, bytes]] = {}
         self._timers: dict[str, Timer] = {}
         self._events: dict[str, bytes] = {}
         self._by_correlation: dict[str, list[str]] = {}
@@ -49,7 +50,7 @@ class InMemorySagaStore:
         saved = state.model_copy(update={"version": expected_version + 1})
         self._sagas[state.id] = saved.model_dump_json()
         for env in outbox:
-            self._outbox[env.id] = encode(env)
+            self._outbox[env.id] = (time.monotonic(), encode(env))
         if cancel_timers_of is not None:
             for tid in [t.id for t in self._timers.values() if t.saga_id == cancel_timers_of]:
                 del self._timers[tid]
@@ -57,8 +58,9 @@ class InMemorySagaStore:
             self._timers[timer.id] = timer
         return saved
 
-    async def pending_outbox(self, limit: int = 100) -> list[Envelope]:
-        return [decode(body) for body in list(self._outbox.values())[:limit]]
+    async def pending_outbox(self, limit: int = 100, min_age: float = 0.0) -> list[Envelope]:
+        cutoff = time.monotonic() - min_age
+        return [decode(body) for at, body in list(self._outbox.values()) if at <= cutoff][:limit]
 
     async def mark_published(self, event_ids: Sequence[str]) -> None:
         for eid in event_ids:

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
     saga_id TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
 );
 CREATE TABLE IF NOT EXISTS timers (
     id TEXT PRIMARY KEY,
@@ -155,9 +156,11 @@ class SqliteSagaStore:
                 raise
         return saved
 
-    async def pending_outbox(self, limit: int = 100) -> list[Envelope]:
+    async def pending_outbox(self, limit: int = 100, min_age: float = 0.0) -> list[Envelope]:
         async with self.db.execute(
-            "SELECT body FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            "SELECT body FROM outbox WHERE created_at <= "
+            "(julianday('now') - 2440587.5) * 86400.0 - ? "
+            "ORDER BY seq LIMIT ?", (min_age, limit)
         ) as cur:
             rows = await cur.fetchall()
         return [decode(r[0]) for r in rows]

@@ -66,8 +66,9 @@ class SagaStore(Protocol):
         Raises :class:`ConcurrencyError` if someone else saved first."""
         ...
 
-    async def pending_outbox(self, limit: int = 100) -> list[Envelope]:
-        """Outbox events not yet published, oldest first."""
+    async def pending_outbox(self, limit: int = 100, min_age: float = 0.0) -> list[Envelope]:
+        """Outbox events not yet published, oldest first; with ``min_age`` only those saved at
+        least that many seconds ago (a periodic relay leaves the ones being published now)."""
         ...
 
     async def mark_published(self, event_ids: Sequence[str]) -> None: ...

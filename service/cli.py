@@ -16,6 +16,7 @@ from rich.table import Table
 
 from events.envelope import Envelope
 from events.support import InquiryReceived, ResponseReady
+from saga.recorder import causal_order
 from service.logs import configure_logging
 from service.settings import REPO_ROOT, Settings
 from service.timeline import saga_summary, timeline_rows
@@ -209,7 +210,7 @@ def timeline(
         store = make_store(settings)
         await store.open()
         try:
-            return await store.load(inquiry_id), await store.events(inquiry_id)
+            return await store.load(inquiry_id), causal_order(await store.events(inquiry_id))
         finally:
             await store.close()
 
@@ -373,6 +374,10 @@ def _run(coro: Any) -> Any:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
 
 
 __all__ = ["app", "main"]

@@ -35,10 +35,15 @@ class Settings(BaseSettings):
         default="memory://",
         description="The message bus: memory:// (in-process, the default) or amqp://user:pw@host/.",
     )
+    bus_exchange: str = Field(default="ai-apps", description="RabbitMQ topic exchange name.")
+    bus_queue_type: Literal["classic", "quorum"] = Field(
+        default="classic", description="RabbitMQ queue type of the subscriber groups."
+    )
     store: str = Field(
         default="sqlite:///.aiapps/aiapps.db",
         description="Saga state, outbox, timers and events: sqlite:///PATH, or memory://.",
     )
+    store_schema: str = Field(default="aiapps", description="PostgreSQL schema of the store.")
     blobs: Path = Field(default=Path(".aiapps/blobs"), description="Folder of the blob store.")
     knowledge_base: Path = Field(
         default=REPO_ROOT / "examples" / "knowledge_base",
@@ -62,6 +67,19 @@ class Settings(BaseSettings):
     bus_retry_delay: float = Field(default=0.5, ge=0, description="First redelivery delay (s).")
     concurrency: int = Field(default=8, ge=1, description="Handlers in flight per group.")
     timer_interval: float = Field(default=0.2, gt=0, description="Seconds between timer scans.")
+    outbox_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between relays of unpublished outbox events."
+    )
+
+    fake_latency: float = Field(
+        default=0.0, ge=0, description="Seconds every fake provider call takes (tests, benches)."
+    )
+    fake_crash_file: Path | None = Field(
+        default=None, description="While this file exists, fake providers crash (tests)."
+    )
+    fake_call_log: Path | None = Field(
+        default=None, description="File where fake providers append one JSON line per charge."
+    )
 
     log_level: str = "WARNING"
     log_format: Literal["auto", "json", "console"] = "auto"

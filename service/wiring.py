@@ -28,9 +28,9 @@ from events.errors import AiAppsError
 from events.support import InquiryFailed, InquiryReceived, ResponseReady
 from saga.breaker import BreakerPolicy, BreakerRegistry
 from saga.clock import Clock
-from saga.coordinator import SagaCoordinator
+from saga.coordinator import COORDINATOR_GROUP, SagaCoordinator
 from saga.memory_store import InMemorySagaStore
-from saga.recorder import EventRecorder
+from saga.recorder import RECORDER_GROUP, EventRecorder
 from saga.sqlite_store import SqliteSagaStore
 from saga.store import SagaStore
 from saga.workflow import StepRetry
@@ -38,6 +38,8 @@ from saga.workflows.support import support_workflow
 from service.settings import Settings
 
 TERMINAL_TYPES = (ResponseReady.event_type, InquiryFailed.event_type)
+KNOWN_GROUPS = (COORDINATOR_GROUP, RECORDER_GROUP, *(f"actor.{s}" for s in SERVICES))
+"""The subscriber groups of a deployment, whose dead letters ``ai-apps dlq`` looks at."""
 
 
 class ConfigurationError(AiAppsError):
@@ -63,7 +65,8 @@ def make_transport(settings: Settings) -> Transport:
     if url.startswith(("amqp://", "amqps://")):
         module = _require("bus.rabbitmq", "rabbitmq")
         transport: Transport = module.RabbitMQTransport(
-            url, retry=retry, prefetch=settings.concurrency
+            url, retry=retry, prefetch=settings.concurrency, exchange=settings.bus_exchange,
+            queue_type=settings.bus_queue_type, known_groups=KNOWN_GROUPS,
         )
         return transport
     raise ConfigurationError(f"AIAPPS_BUS={url!r}: use memory:// or amqp://user:pass@host/")
@@ -79,7 +82,7 @@ def make_store(settings: Settings) -> SagaStore:
         return SqliteSagaStore(path)
     if url.startswith(("postgresql://", "postgres://")):
         module = _require("saga.postgres_store", "postgres")
-        store: SagaStore = module.PostgresSagaStore(url)
+        store: SagaStore = module.PostgresSagaStore(url, schema=settings.store_schema)
         return store
     raise ConfigurationError(
         f"AIAPPS_STORE={url!r}: use sqlite:///path/to.db, memory:// or postgresql://…"
@@ -110,11 +113,15 @@ def make_actors(
             return overrides[service]
         family = getattr(settings.providers, service)
         if family == "fake":
-            return {
+            made = {
                 "language": fake.FakeLanguageDetector, "vision": fake.FakeImageAnalyzer,
                 "translation": fake.FakeTranslator, "responder": fake.FakeResponder,
                 "speech": fake.FakeSpeechSynthesizer,
             }[service]()
+            made.behaviour.latency = settings.fake_latency
+            made.behaviour.log_path = settings.fake_call_log
+            made.behaviour.crash_file = settings.fake_crash_file
+            return made
         if service == "language":
             return _local("language", "LinguaLanguageDetector")(languages=settings.languages)
         if service == "vision":
@@ -153,7 +160,7 @@ def make_coordinator(
     )
     return SagaCoordinator(
         transport, store, [workflow], clock=clock, breakers=breakers,
-        timer_interval=settings.timer_interval,
+        timer_interval=settings.timer_interval, outbox_interval=settings.outbox_interval,
     )
 
 

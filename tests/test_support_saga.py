@@ -9,7 +9,7 @@ import pytest
 
 from actors.providers.fake import permanent, throttled, transient
 from events import BlobRef, InquiryFailed, ResponseReady, StepFailed
-from saga import CircuitState, SqliteSagaStore, StepStatus
+from saga import CircuitState, SqliteSagaStore, StepStatus, causal_order
 from service.testing import FakeService, make_inquiry
 
 
@@ -72,7 +72,7 @@ class TestHappyPath:
         await svc.submit(make_inquiry(language="en"))
         await svc.wait("inq-1", timeout=10)
         await svc.settle()
-        types = [e.type for e in await svc.store.events("inq-1")]
+        types = [e.type for e in causal_order(await svc.store.events("inq-1"))]
         assert types == [
             "InquiryReceived", "GenerateResponseRequested", "ResponseGenerated", "ResponseReady"
         ]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import wave
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from actors.capabilities import (
     Audio,
@@ -46,6 +49,12 @@ class FakeBehaviour:
     calls: list[Call] = field(default_factory=list)
     hanging: int = 0
     """Calls currently hanging (so a test harness knows the bus is as idle as it gets)."""
+    crash_file: Path | None = None
+    """While this file exists every call raises a plain ``RuntimeError`` (not a provider
+    error): a bug, as the bus sees it, so the message is retried and then dead-lettered."""
+    log_path: Path | None = None
+    """If set, each call that succeeds appends a JSON line here: the charges, as a paid
+    service would bill them, visible across processes."""
 
     def fail_next(self, *outcomes: ProviderError | str | None) -> None:
         self.script.extend(outcomes)
@@ -59,6 +68,9 @@ class FakeBehaviour:
 
     async def before(self, capability: str, *args: object) -> None:
         self.calls.append(Call(capability, args))
+        if self.crash_file is not None and self.crash_file.exists():
+            raise RuntimeError(f"fake {capability} crashed ({self.crash_file} exists)")
+        self._log("start", capability, args)
         if self.latency:
             await asyncio.sleep(self.latency)
         outcome = self.script.pop(0) if self.script else self.default
@@ -70,6 +82,15 @@ class FakeBehaviour:
                 self.hanging -= 1
         if isinstance(outcome, ProviderError):
             raise outcome
+        self._log("charge", capability, args)
+
+    def _log(self, kind: str, capability: str, args: tuple[object, ...]) -> None:
+        if self.log_path is None:
+            return
+        line = json.dumps({"event": kind, "capability": capability,
+                           "args": [str(a) for a in args], "pid": os.getpid()})
+        with self.log_path.open("a") as f:  # one short O_APPEND write per line
+            f.write(line + "\n")
 
 
 def throttled(retry_after: float = 1.0) -> ThrottledError:

@@ -1,0 +1,776 @@
+"""The RabbitMQ transport, on aio-pika's robust connection.
+
+Topology, for an exchange named ``X`` (default ``ai-apps``) and a subscriber group ``G``:
+
+* ``X``: a durable *topic* exchange; the routing key of every event is its type, so a group
+  subscribed to :data:`~bus.base.ALL_TYPES` binds with ``#``.
+* ``X.G``: the group's durable queue (classic, or quorum with ``queue_type="quorum"``), bound to
+  ``X`` once per subscribed type. Competing consumers of the group share it.
+* ``X.G.retry.<ms>``: one queue per retry delay bucket, with ``x-message-ttl=<ms>`` and a
+  dead-letter route back to ``X.G`` through the default exchange. A failed message is
+  re-published there with ``x-attempts`` incremented and the original acknowledged, so a slow
+  retry never blocks the messages behind it. The buckets are powers of two of the policy's
+  initial delay, capped at its maximum, so a few queues serve every delay.
+* ``X.G.dlq``: the group's dead letters, each with the headers ``x-death-reason``,
+  ``x-error-class``, ``x-attempts``, ``x-group``, ``x-dead-lettered-at`` and ``x-dead-letter-id``
+  (the stable id :meth:`RabbitMQTransport.dead_letters` reports and ``redrive`` takes).
+
+An *ephemeral* group gets an exclusive auto-delete queue instead, and no retry or dead-letter
+queue: a failing message is logged and acknowledged.
+
+On the wire a message is the structured CloudEvent (``application/cloudevents+json``), persistent,
+with ``message_id`` = event id, ``correlation_id`` = correlation id, ``type`` = event type,
+``timestamp`` = event time and a ``ce-tenant`` header, so any AMQP client can read or write it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika import DeliveryMode, ExchangeType, Message
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from yarl import URL
+
+from bus.base import DeadLetter, Handler, RetryPolicy, TransportError
+from events.base import EventRegistry, registry
+from events.envelope import CONTENT_TYPE, Envelope, decode, encode, utcnow
+from events.errors import AiAppsError, DecodeError
+
+log = structlog.get_logger("bus.rabbitmq")
+
+QueueType = Literal["classic", "quorum"]
+
+H_ATTEMPTS = "x-attempts"
+"""Deliveries of this message that have already failed (absent on the first delivery)."""
+H_REASON = "x-death-reason"
+H_ERROR_CLASS = "x-error-class"
+H_GROUP = "x-group"
+H_DEAD_AT = "x-dead-lettered-at"
+H_DEAD_ID = "x-dead-letter-id"
+H_ROUTING_KEY = "x-routing-key"
+"""The routing key the message was first published with (retries travel by queue name)."""
+H_TENANT = "ce-tenant"
+
+_DEAD_HEADERS = frozenset({H_REASON, H_ERROR_CLASS, H_ATTEMPTS, H_GROUP, H_DEAD_AT, H_DEAD_ID})
+
+# What the client library raises when the broker or the connection fails (TimeoutError is an
+# OSError). aiormq's
+# ChannelInvalidStateError is a RuntimeError, and aio-pika raises bare RuntimeErrors for a
+# connection that is closing, so RuntimeError belongs here at this boundary.
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    RuntimeError,
+    ConnectionError,
+    OSError,
+)
+
+
+@dataclass(slots=True, eq=False)
+class _Subscription:
+    handler: Handler
+    concurrency: int
+    semaphore: asyncio.Semaphore
+    tag: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Group:
+    name: str
+    queue_name: str
+    ephemeral: bool
+    types: set[str]
+    subs: list[_Subscription] = field(default_factory=list)
+    channel: AbstractRobustChannel | None = None
+    queue: AbstractQueue | None = None
+    prefetch: int = 0
+    bound: set[str] = field(default_factory=set)
+    retry_queues: set[str] = field(default_factory=set)
+
+
+class RabbitMQTransport:
+    """A :class:`~bus.base.Transport` on RabbitMQ (AMQP 0-9-1) through aio-pika.
+
+    ``prefetch`` is the broker's credit per consumer (``basic.qos``); ``concurrency`` on
+    :meth:`subscribe` bounds the handlers in flight for that subscription and defaults to
+    ``prefetch`` (the credit is raised to the largest concurrency of the group). ``grace`` is how
+    long :meth:`close` waits for in-flight handlers; ``publish_timeout`` how long a publish waits
+    for the broker (through a reconnect) before raising :class:`~bus.base.TransportError`.
+    ``known_groups`` are the groups :meth:`dead_letters` and :meth:`redrive` look at without a
+    ``group``, in addition to those this transport subscribed (a CLI subscribes none).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        prefetch: int = 16,
+        exchange: str = "ai-apps",
+        queue_type: QueueType = "classic",
+        grace: float = 30.0,
+        publish_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        reconnect_interval: float = 1.0,
+        known_groups: Collection[str] = (),
+        types: EventRegistry = registry,
+    ) -> None:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        if queue_type not in ("classic", "quorum"):
+            raise ValueError("queue_type must be 'classic' or 'quorum'")
+        self.url = url
+        self.retry = retry or RetryPolicy()
+        self.prefetch = prefetch
+        self.exchange_name = exchange
+        self.queue_type: QueueType = queue_type
+        self.grace = grace
+        self.publish_timeout = publish_timeout
+        self.connect_timeout = connect_timeout
+        self.reconnect_interval = reconnect_interval
+        self.known_groups = tuple(known_groups)
+        self._types = types
+        self._groups: dict[str, _Group] = {}
+        self._declared: set[str] = set()
+        self._conn: AbstractRobustConnection | None = None
+        self._pub: AbstractRobustChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._connect_lock = asyncio.Lock()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._draining = False
+        self._closed = False
+        # The jitter-free policy decides the delay bucket, so a group's retry queues are known
+        # when it is set up and the hot path never declares anything.
+        self._steady = dataclasses.replace(self.retry, jitter=0.0)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RabbitMQTransport:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect, declare every subscribed group's queues and begin consuming."""
+        if self._started:
+            return
+        self._closed = False
+        self._draining = False
+        await self._connect()
+        for group in list(self._groups.values()):
+            await self._setup_group(group)
+        self._started = True
+
+    async def close(self) -> None:
+        """Cancel the consumers, give in-flight handlers up to ``grace`` seconds, return the
+        messages of those still running to the broker, and disconnect."""
+        conn = self._conn
+        if conn is None:
+            self._started = False
+            return
+        self._draining = True
+        for group in self._groups.values():
+            await self._cancel_consumers(group)
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self.grace)
+            if pending:
+                log.warning("close: handlers still running after grace; requeueing",
+                            count=len(pending), grace=self.grace)
+                for task in pending:
+                    task.cancel()
+                # each cancelled delivery nacks its message (requeue) on the way out
+                await asyncio.wait(pending, timeout=5)
+        self._closed = True
+        self._conn = self._pub = self._exchange = None
+        for group in self._groups.values():
+            group.channel = group.queue = None
+            group.prefetch = 0
+            group.bound.clear()
+            group.retry_queues.clear()
+            for sub in group.subs:
+                sub.tag = None
+        self._started = False
+        try:
+            await conn.close()
+        except _BROKER_ERRORS as exc:  # already gone: nothing left to release
+            log.debug("close: connection close failed", error=repr(exc))
+
+    # -- publish / subscribe ---------------------------------------------------------------
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Publish ``envelope`` with its type as routing key; returns after the broker's
+        confirm. While the connection is down it waits up to ``publish_timeout`` for the
+        reconnect, then raises :class:`~bus.base.TransportError`."""
+        exchange = self._exchange
+        if exchange is None:
+            if self._closed:
+                raise TransportError("transport is closed")
+            await self._connect()
+            exchange = self._exchange
+            assert exchange is not None
+        message = Message(
+            encode(envelope),
+            content_type=CONTENT_TYPE,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=envelope.id,
+            correlation_id=envelope.correlationid,
+            type=envelope.type,
+            timestamp=envelope.time,
+            headers={H_TENANT: envelope.tenant},
+        )
+        await self._confirm(exchange, message, envelope.type)
+
+    async def subscribe(
+        self,
+        group: str,
+        event_types: Collection[str],
+        handler: Handler,
+        *,
+        concurrency: int | None = None,
+        ephemeral: bool = False,
+    ) -> None:
+        """Deliver ``event_types`` to ``handler`` as part of ``group`` (see the protocol)."""
+        if isinstance(event_types, str):
+            raise TypeError("event_types must be a collection of type names, not a str")
+        grp = self._groups.get(group)
+        if grp is None:
+            name = f"{self.exchange_name}.{group}"
+            if ephemeral:
+                # unique per process: an exclusive queue cannot be shared, even by mistake
+                name = f"{name}.{uuid.uuid4().hex[:8]}"
+            grp = self._groups[group] = _Group(group, name, ephemeral, set())
+        elif grp.ephemeral != ephemeral:
+            raise ValueError(f"group {group!r} is already subscribed with ephemeral={grp.ephemeral}")
+        grp.types.update(event_types)
+        limit = concurrency or self.prefetch
+        grp.subs.append(_Subscription(handler, limit, asyncio.Semaphore(limit)))
+        if self._started:
+            await self._setup_group(grp)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first. They stay in their queues: each is read unacknowledged
+        on a private channel that is then closed, which returns them to the broker."""
+        await self._connect()
+        letters: list[DeadLetter] = []
+        for name in self._dlq_groups(group):
+            async with self._scratch_channel() as channel:
+                messages = await self._drain_dlq(channel, name)
+                letters.extend(_dead_letter_of(name, m) for m in messages or ())
+        letters.sort(key=lambda d: d.time)
+        return letters
+
+    async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
+        """Publish the chosen dead letters to their group's queue with a fresh attempt count
+        (confirmed), then remove them from the dead-letter queue. Returns how many."""
+        await self._connect()
+        wanted = None if ids is None else set(ids)
+        moved = 0
+        for name in self._dlq_groups(group):
+            if wanted is not None and moved >= len(wanted):
+                break
+            async with self._scratch_channel() as channel:
+                messages = await self._drain_dlq(channel, name)
+                chosen = [
+                    m for m in messages or ()
+                    if wanted is None or _dead_letter_id(m) in wanted
+                ]
+                if not chosen:
+                    continue
+                target = f"{self.exchange_name}.{name}"
+                try:
+                    await channel.declare_queue(target, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                    raise TransportError(f"group {name!r} has no queue {target!r}") from exc
+                for message in chosen:
+                    headers = {
+                        k: v for k, v in message.headers.items()
+                        if k not in _DEAD_HEADERS and not _is_broker_death(k)
+                    }
+                    await self._confirm_default(_copy(message, headers), target)
+                    await message.ack()
+                    moved += 1
+        return moved
+
+    # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def declared_queues(self) -> frozenset[str]:
+        """Names of every queue this transport declared (for tests and tooling)."""
+        return frozenset(self._declared)
+
+    # -- internals: connection -------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        if self._exchange is not None:
+            return
+        async with self._connect_lock:
+            if self._exchange is not None:
+                return
+            self._closed = False
+            try:
+                conn = await aio_pika.connect_robust(
+                    self.url,
+                    timeout=self.connect_timeout,
+                    reconnect_interval=self.reconnect_interval,
+                    client_properties={"connection_name": f"ai-apps ({self.exchange_name})"},
+                )
+            except _BROKER_ERRORS as exc:
+                raise TransportError(f"cannot connect to {_safe_url(self.url)}: {exc!r}") from exc
+            try:
+                pub = conn.channel(publisher_confirms=True)
+                await pub.initialize()
+                exchange = await pub.declare_exchange(
+                    self.exchange_name, ExchangeType.TOPIC, durable=True
+                )
+            except _BROKER_ERRORS as exc:
+                await conn.close()
+                raise TransportError(
+                    f"cannot declare exchange {self.exchange_name!r}: {exc!r}"
+                ) from exc
+            self._conn, self._pub, self._exchange = conn, pub, exchange
+
+    @contextlib.asynccontextmanager
+    async def _scratch_channel(self) -> AsyncIterator[AbstractChannel]:
+        """A plain (not robust) channel for reads that may fail or must give messages back:
+        a passive declare of a missing queue closes it, and closing it requeues what it got."""
+        assert self._conn is not None
+        channel = aio_pika.Channel(self._conn, publisher_confirms=False)
+        try:
+            await channel.initialize()
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot open a channel: {exc!r}") from exc
+        try:
+            yield channel
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"dead-letter operation failed: {exc!r}") from exc
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    await channel.close()
+
+    # -- internals: topology ---------------------------------------------------------------
+
+    async def _setup_group(self, group: _Group) -> None:
+        assert self._conn is not None
+        try:
+            if group.channel is None:
+                channel = self._conn.channel(publisher_confirms=False)
+                await channel.initialize()
+                group.channel = channel
+                # re-declared here so that a restore after reconnect never depends on the
+                # publishing channel having restored the exchange first
+                await channel.declare_exchange(self.exchange_name, ExchangeType.TOPIC, durable=True)
+                if group.ephemeral:
+                    group.queue = await channel.declare_queue(
+                        group.queue_name, durable=False, exclusive=True, auto_delete=True
+                    )
+                else:
+                    group.queue = await channel.declare_queue(
+                        group.queue_name, durable=True, arguments=self._queue_args()
+                    )
+                    self._declared.add(group.queue_name)
+                    # always classic: it is read by requeueing, and a quorum queue's delivery
+                    # limit would drop dead letters after enough listings
+                    await channel.declare_queue(f"{group.queue_name}.dlq", durable=True)
+                    self._declared.add(f"{group.queue_name}.dlq")
+                    for retry in range(1, self.retry.max_attempts):
+                        await self._declare_retry_queue(group, self._bucket_ms(retry))
+            channel, queue = group.channel, group.queue
+            assert channel is not None
+            assert queue is not None
+            prefetch = max([self.prefetch, *(s.concurrency for s in group.subs)])
+            if prefetch != group.prefetch:
+                # per-consumer credit (global=False): it applies to consumers made after it
+                await channel.set_qos(prefetch_count=prefetch)
+                group.prefetch = prefetch
+            for event_type in sorted(group.types - group.bound):
+                await queue.bind(self.exchange_name, routing_key=event_type)
+                group.bound.add(event_type)
+            for sub in group.subs:
+                if sub.tag is None:
+                    sub.tag = await queue.consume(self._consumer(group, sub))
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot set up group {group.name!r}: {exc!r}") from exc
+
+    def _queue_args(self) -> dict[str, Any] | None:
+        # classic queues get no x-queue-type, so that queues declared before this argument
+        # existed (or by other clients) still match
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None
+
+    def _bucket_ms(self, retry: int) -> int:
+        """The delay bucket of retry ``retry``: the policy's delay rounded (in log scale) to a
+        power of two of the initial delay, capped at the maximum delay. 0: no delay."""
+        delay = self._steady.delay(retry) * 1000
+        if delay < 1:
+            return 0
+        base = max(self.retry.initial_delay * 1000, 1.0)
+        exponent = max(round(math.log2(delay / base)), 0)
+        bucket: float = min(base * 2.0**exponent, max(self.retry.max_delay * 1000, 1.0))
+        return max(round(bucket), 1)
+
+    async def _declare_retry_queue(self, group: _Group, ms: int) -> str:
+        name = f"{group.queue_name}.retry.{ms}"
+        if ms == 0 or name in group.retry_queues:
+            return name
+        assert group.channel is not None
+        args: dict[str, Any] = {
+            "x-message-ttl": ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": group.queue_name,
+        }
+        if self.queue_type == "quorum":
+            # a quorum queue dead-letters at most once unless told otherwise
+            args |= {
+                "x-queue-type": "quorum",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+        await group.channel.declare_queue(name, durable=True, arguments=args)
+        group.retry_queues.add(name)
+        self._declared.add(name)
+        return name
+
+    async def _cancel_consumers(self, group: _Group) -> None:
+        queue = group.queue
+        for sub in group.subs:
+            if queue is None or sub.tag is None:
+                continue
+            try:
+                async with asyncio.timeout(5):
+                    await queue.cancel(sub.tag)
+            except _BROKER_ERRORS as exc:
+                # the channel is gone, and with it the consumer
+                log.debug("close: cancel failed", group=group.name, error=repr(exc))
+
+    def _dlq_groups(self, group: str | None) -> list[str]:
+        if group is not None:
+            return [group]
+        names = {g.name for g in self._groups.values() if not g.ephemeral}
+        names.update(self.known_groups)
+        return sorted(names)
+
+    async def _drain_dlq(
+        self, channel: AbstractChannel, group: str
+    ) -> list[AbstractIncomingMessage] | None:
+        """Every message of ``group``'s DLQ, unacknowledged; None when there is no DLQ."""
+        try:
+            queue = await channel.declare_queue(f"{self.exchange_name}.{group}.dlq", passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        messages: list[AbstractIncomingMessage] = []
+        while True:
+            message = await queue.get(no_ack=False, fail=False, timeout=10)
+            if message is None:
+                return messages
+            messages.append(message)
+
+    # -- internals: delivery ---------------------------------------------------------------
+
+    def _consumer(
+        self, group: _Group, sub: _Subscription
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)
+            try:
+                async with sub.semaphore:
+                    if self._draining:
+                        # prefetched while close() cancelled the consumer: give it back
+                        await _settle(message)
+                        return
+                    await self._deliver(group, sub.handler, message)
+            except asyncio.CancelledError:
+                # close() after the grace period, or the channel died under the handler
+                await _settle(message)
+                raise
+            except Exception:
+                # a bug of ours, not the handler's (that one is caught in _deliver): never leave
+                # the message unacknowledged for the life of the channel, and never drop it
+                log.exception("delivery failed; requeued", group=group.name)
+                await _settle(message)
+            finally:
+                self._inflight.discard(task)
+
+        return on_message
+
+    async def _deliver(
+        self, group: _Group, handler: Handler, message: AbstractIncomingMessage
+    ) -> None:
+        attempts = _int(message.headers.get(H_ATTEMPTS)) + 1
+        try:
+            envelope = decode(message.body, self._types)
+        except DecodeError as exc:
+            await self._failed(group, message, exc, attempts, None, final=True)
+            return
+        try:
+            await handler(envelope)
+        except Exception as exc:
+            final = attempts >= self.retry.max_attempts or not _retryable(exc)
+            await self._failed(group, message, exc, attempts, envelope, final=final)
+            return
+        await _ack(message)
+
+    async def _failed(
+        self,
+        group: _Group,
+        message: AbstractIncomingMessage,
+        exc: Exception,
+        attempts: int,
+        envelope: Envelope | None,
+        *,
+        final: bool,
+    ) -> None:
+        event_type = envelope.type if envelope else message.type
+        if group.ephemeral:
+            log.warning("handler failed in an ephemeral group; dropped", group=group.name,
+                        type=event_type, error=repr(exc))
+            await _ack(message)
+            return
+        try:
+            if final:
+                log.warning("dead-lettered", group=group.name, type=event_type,
+                            attempts=attempts, error=repr(exc))
+                await self._dead_letter(group, message, exc, attempts, envelope)
+            else:
+                ms = self._bucket_ms(attempts)
+                log.info("retrying", group=group.name, type=event_type, attempt=attempts,
+                         delay=ms / 1000, error=repr(exc))
+                await self._schedule_retry(group, message, attempts, ms)
+        except TransportError as error:
+            # not parked anywhere: give it back rather than ack it and lose it
+            log.error("cannot retry or dead-letter; requeued", group=group.name,
+                      error=repr(error))
+            await _settle(message)
+            return
+        await _ack(message)
+
+    async def _schedule_retry(
+        self, group: _Group, message: AbstractIncomingMessage, attempts: int, ms: int
+    ) -> None:
+        headers = _clean_headers(message)
+        headers[H_ATTEMPTS] = attempts
+        if ms == 0:
+            await self._confirm_default(_copy(message, headers), group.queue_name)
+            return
+        name = f"{group.queue_name}.retry.{ms}"
+        if name not in group.retry_queues:
+            try:
+                await self._declare_retry_queue(group, ms)
+            except _BROKER_ERRORS as exc:
+                raise TransportError(f"cannot declare {name!r}: {exc!r}") from exc
+        await self._confirm_default(_copy(message, headers), name)
+
+    async def _dead_letter(
+        self,
+        group: _Group,
+        message: AbstractIncomingMessage,
+        exc: Exception,
+        attempts: int,
+        envelope: Envelope | None,
+    ) -> None:
+        headers = _clean_headers(message)
+        headers |= {
+            H_REASON: str(exc) or type(exc).__name__,
+            H_ERROR_CLASS: type(exc).__name__,
+            H_ATTEMPTS: attempts,
+            H_GROUP: group.name,
+            H_DEAD_AT: utcnow().isoformat(),
+            H_DEAD_ID: str(uuid.uuid4()),
+        }
+        copy = _copy(message, headers)
+        if envelope is not None:
+            copy.type = envelope.type
+            copy.correlation_id = envelope.correlationid
+        else:
+            copy.type = _text(headers.get(H_ROUTING_KEY)) or message.type
+        await self._confirm_default(copy, f"{group.queue_name}.dlq")
+
+    # -- internals: confirmed publishing ---------------------------------------------------
+
+    async def _confirm_default(self, message: Message, queue: str) -> None:
+        """Publish straight to ``queue`` through the default exchange, confirmed."""
+        if self._pub is None:
+            raise TransportError("transport is closed")
+        await self._confirm(self._pub.default_exchange, message, queue)
+
+    async def _confirm(self, exchange: AbstractExchange, message: Message, key: str) -> None:
+        try:
+            # mandatory=False: an event no group subscribes to is dropped, as in memory
+            await exchange.publish(message, key, mandatory=False, timeout=self.publish_timeout)
+            return
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            error: BaseException = ConnectionError("channel closed under the publish")
+        except _BROKER_ERRORS as exc:
+            error = exc
+        await self._confirm_again(exchange, message, key, error)
+
+    async def _confirm_again(
+        self, exchange: AbstractExchange, message: Message, key: str, error: BaseException
+    ) -> None:
+        """The slow path: wait for the robust channel to come back and publish again, until
+        ``publish_timeout``. A lost confirm may mean the broker has the message: a retry can
+        duplicate it, which at-least-once delivery allows; losing it would not be."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        pause = 0.05
+        while True:
+            remaining = deadline - loop.time()
+            pub = self._pub
+            if self._closed or pub is None:
+                raise TransportError(f"transport closed while publishing: {error!r}") from error
+            if remaining <= 0:
+                raise TransportError(
+                    f"publish of {key!r} not confirmed within {self.publish_timeout}s: {error!r}"
+                ) from error
+            log.info("publish failed; waiting for the broker", key=key, error=repr(error))
+            try:
+                async with asyncio.timeout(remaining):
+                    await asyncio.sleep(pause)
+                    await pub.ready()
+                    await exchange.publish(message, key, mandatory=False, timeout=remaining)
+                return
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                error = ConnectionError("channel closed under the publish")
+            except _BROKER_ERRORS as exc:
+                error = exc
+            pause = min(pause * 2, 1.0)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (rather than a future it awaited,
+    which aiormq cancels when the channel closes)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.ack()
+    except _BROKER_ERRORS as exc:
+        # the channel died: the broker redelivers the message, which at-least-once allows
+        log.debug("ack failed; the broker will redeliver", error=repr(exc))
+
+
+async def _settle(message: AbstractIncomingMessage) -> None:
+    """Return an unfinished message to its queue."""
+    if message.processed:
+        return
+    with contextlib.suppress(*_BROKER_ERRORS):
+        await message.nack(requeue=True)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Our own errors say whether retrying can help; anything else may be transient."""
+    if isinstance(exc, AiAppsError):
+        return exc.retryable
+    return True
+
+
+def _is_broker_death(key: str) -> bool:
+    return key == "x-death" or key.startswith(("x-first-death-", "x-last-death-"))
+
+
+def _clean_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """The message's headers without the broker's dead-lettering history (which we do not
+    need: ``x-attempts`` counts), and with its first routing key kept."""
+    headers = {k: v for k, v in message.headers.items() if not _is_broker_death(k)}
+    if H_ROUTING_KEY not in headers and message.routing_key:
+        headers[H_ROUTING_KEY] = message.routing_key
+    return headers
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:
+    return Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
+def _dead_letter_id(message: AbstractIncomingMessage) -> str:
+    return _text(message.headers.get(H_DEAD_ID)) or message.message_id or ""
+
+
+def _dead_letter_of(group: str, message: AbstractIncomingMessage) -> DeadLetter:
+    headers = message.headers
+    return DeadLetter(
+        id=_dead_letter_id(message),
+        group=_text(headers.get(H_GROUP)) or group,
+        body=message.body,
+        reason=_text(headers.get(H_REASON)),
+        error_class=_text(headers.get(H_ERROR_CLASS)),
+        attempts=_int(headers.get(H_ATTEMPTS)),
+        time=_time(headers.get(H_DEAD_AT)) or message.timestamp or utcnow(),
+        event_type=message.type or _text(headers.get(H_ROUTING_KEY)) or None,
+        correlationid=message.correlation_id,
+        headers={k: _text(v) for k, v in headers.items() if not _is_broker_death(k)},
+    )
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return datetime.fromisoformat(_text(value))
+    except ValueError:
+        return None
+
+
+def _safe_url(url: str) -> str:
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+__all__ = ["RabbitMQTransport"]

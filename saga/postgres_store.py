@@ -1,0 +1,463 @@
+"""The PostgreSQL saga store: for several coordinator processes sharing one database.
+
+Same tables as the SQLite store, in their own schema (``aiapps`` by default), on an asyncpg
+connection pool. What changes with several coordinators, and how it is handled:
+
+* **State** (``sagas``): optimistic concurrency. ``save`` is one transaction: a conditional
+  ``INSERT … ON CONFLICT DO NOTHING`` (new saga) or ``UPDATE … WHERE id = $1 AND version = $2``,
+  then the outbox rows and timer changes. If the first statement touched no row the transaction
+  is rolled back and :class:`~saga.store.ConcurrencyError` raised, so a losing coordinator
+  writes nothing. Under READ COMMITTED the loser of a race blocks on the winner's row lock and
+  then re-checks the ``WHERE`` against the committed row, so exactly one of them wins.
+* **Timers**: ``claim_timer`` is ``DELETE … WHERE id = $1 RETURNING id``: the row can be deleted
+  once, so exactly one coordinator fires each timer. :meth:`PostgresSagaStore.claim_due_timers`
+  finds and claims due timers in one statement (``FOR UPDATE SKIP LOCKED``), so coordinators
+  scanning at the same time take disjoint batches instead of racing for the same rows. Both are
+  at-most-once: a coordinator that crashes between claiming and saving loses that firing (as
+  with every store; see the coordinator).
+* **Outbox**: ``pending_outbox`` *leases* the rows it returns (``leased_by``/``leased_until``,
+  chosen with ``FOR UPDATE SKIP LOCKED``), so two relays are never handed the same rows at
+  the same time; a relay that dies leaves its rows to be taken by another once the lease
+  (``outbox_lease`` seconds) runs out, and the store that holds a lease gets its rows again.
+  Publishing stays at-least-once overall: the coordinator that saved a row publishes it
+  directly, and a relay starting at that moment may publish it too. Duplicates are harmless
+  downstream: the coordinator matches results by request id and ignores repeats, and event
+  store appends are idempotent (``ON CONFLICT (id) DO NOTHING``).
+* **Schema**: created in :meth:`PostgresSagaStore.open` with ``IF NOT EXISTS`` under a
+  transaction-scoped advisory lock, so processes starting together do not trip over each
+  other's DDL.
+
+Saga state is kept as JSON *text*, not JSONB: JSONB rejects the ``\\u0000`` escape that a
+customer's message may contain, and text round-trips exactly. Envelopes are kept as the bytes
+of their structured CloudEvent (``bytea``). Times are ``timestamptz``.
+
+Errors from the driver become :class:`~saga.store.StoreError` (``raise … from``). Those that
+can pass with time (connection lost or refused, too many connections, timeouts) are
+:class:`TransientStoreError`, which is ``retryable`` so the bus redelivers instead of
+dead-lettering; serialization failures and deadlocks are :class:`ConcurrencyError`, which the
+coordinator answers by reloading and reapplying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from events.envelope import Envelope, decode, encode
+from saga.state import SagaState
+from saga.store import ConcurrencyError, StoreError, Timer
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+# The first key of the two-key advisory lock taken around DDL; the second is the schema's
+# hash, so stores of different schemas do not wait for each other.
+_DDL_LOCK_KEY = 0x41_49_41_50  # "AIAP"
+
+_SCHEMA_DDL = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.sagas (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sagas_started ON {s}.sagas (started_at);
+CREATE INDEX IF NOT EXISTS sagas_status_started ON {s}.sagas (status, started_at);
+CREATE TABLE IF NOT EXISTS {s}.outbox (
+    seq BIGSERIAL PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    saga_id TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    leased_by TEXT,
+    leased_until TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS {s}.timers (
+    id TEXT PRIMARY KEY,
+    saga_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    due_at TIMESTAMPTZ NOT NULL,
+    attempt INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timers_due ON {s}.timers (due_at);
+CREATE INDEX IF NOT EXISTS timers_saga ON {s}.timers (saga_id);
+CREATE TABLE IF NOT EXISTS {s}.events (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    correlation_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    type TEXT NOT NULL,
+    time TIMESTAMPTZ NOT NULL,
+    body BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_correlation ON {s}.events (correlation_id, seq);
+CREATE TABLE IF NOT EXISTS {s}.inbox (
+    request_id TEXT PRIMARY KEY,
+    body BYTEA NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""
+
+_TIMER_COLUMNS = "id, saga_id, step, kind, due_at, attempt"
+
+
+class TransientStoreError(StoreError):
+    """The database could not be reached or was overloaded; trying again later may work."""
+
+    retryable = True
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal needs its brackets back
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # unparseable (a bad port, say): show nothing that might be secret
+        return "<unparseable PostgreSQL URL>"
+
+
+def _sqlstate(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else ""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    # 08: connection exceptions; 53: insufficient resources (too many connections);
+    # 57P: admin/crash shutdown, cannot connect now; 57014: statement timeout / cancel
+    state = _sqlstate(exc)
+    if state.startswith(("08", "53", "57P")) or state == "57014":
+        return True
+    # InternalClientError: the driver's protocol was cut mid-operation, as when the server
+    # terminates a pooled connection just as a statement is sent; the pool replaces it
+    return isinstance(
+        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
+    )
+
+
+class PostgresSagaStore:
+    """The saga store in PostgreSQL (``postgresql://user:password@host:5432/db``).
+
+    ``schema`` names the schema holding the tables (tests use a fresh one per test).
+    ``min_size``/``max_size`` bound the connection pool; ``command_timeout`` (seconds) bounds
+    every statement; ``outbox_lease`` is how long rows handed out by :meth:`pending_outbox`
+    are kept from other relays; ``application_name`` labels its connections in
+    ``pg_stat_activity``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "aiapps",
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float | None = 30.0,
+        outbox_lease: float = 30.0,
+        application_name: str = "ai-apps saga store",
+    ) -> None:
+        if not _IDENTIFIER.match(schema):
+            raise ValueError(f"schema {schema!r} is not a plain SQL identifier")
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ValueError("need 0 <= min_size <= max_size and max_size >= 1")
+        if outbox_lease <= 0:
+            raise ValueError("outbox_lease must be positive")
+        self.url = url
+        self.schema = schema
+        self.min_size = min_size
+        self.max_size = max_size
+        self.command_timeout = command_timeout
+        self.outbox_lease = outbox_lease
+        self.application_name = application_name
+        # identifies this store's outbox leases; random, so a restarted process never
+        # mistakes a dead predecessor's leases for its own
+        self._lease_owner = uuid.uuid4().hex
+        self._pool: Any = None
+        self._sql = _Statements(f'"{schema}"')
+
+    def __repr__(self) -> str:
+        return f"PostgresSagaStore({redact(self.url)!r}, schema={self.schema!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the pool and create the schema and tables if they are missing."""
+        if self._pool is not None:
+            return
+        where = f"{redact(self.url)} (schema {self.schema})"
+        try:
+            pool = await asyncpg.create_pool(
+                self.url,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                command_timeout=self.command_timeout,
+                server_settings={"application_name": self.application_name},
+            )
+        except Exception as exc:  # refused, bad password, unknown database, bad URL, …
+            error = TransientStoreError if _is_transient(exc) else StoreError
+            raise error(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # serialise DDL between processes opening at once: concurrent CREATE … IF NOT
+                # EXISTS can still fail on the catalog's unique indexes
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))", _DDL_LOCK_KEY, self.schema
+                )
+                await conn.execute(_SCHEMA_DDL.format(s=self._sql.s))
+        except Exception as exc:
+            await pool.close()
+            error = TransientStoreError if _is_transient(exc) else StoreError
+            raise error(f"cannot create the saga store schema at {where}: {exc}") from exc
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool, waiting for connections in use to be released."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, what: str) -> AsyncIterator[Any]:
+        """A pooled connection; driver errors inside become store errors."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("the PostgreSQL store is not open")
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except (asyncpg.exceptions.SerializationError,
+                asyncpg.exceptions.DeadlockDetectedError) as exc:
+            # the database aborted us in favour of a concurrent writer: same as losing the
+            # version race, and the coordinator's answer (reload, reapply) is the right one
+            raise ConcurrencyError(f"{what}: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                OSError, TimeoutError) as exc:
+            error = TransientStoreError if _is_transient(exc) else StoreError
+            raise error(f"PostgreSQL store {redact(self.url)}: {what} failed: {exc}") from exc
+
+    # -- saga state ------------------------------------------------------------------------
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        async with self._connection("load") as conn:
+            raw = await conn.fetchval(self._sql.load, saga_id)
+        return SagaState.model_validate_json(raw) if raw is not None else None
+
+    async def save(
+        self,
+        state: SagaState,
+        *,
+        expected_version: int,
+        outbox: Sequence[Envelope] = (),
+        timers: Sequence[Timer] = (),
+        cancel_timers_of: str | None = None,
+    ) -> SagaState:
+        saved = state.model_copy(update={"version": expected_version + 1})
+        body = saved.model_dump_json()
+        sql = self._sql
+        async with self._connection("save") as conn, conn.transaction():
+            if expected_version == 0:
+                row_id = await conn.fetchval(
+                    sql.insert_saga, state.id, state.workflow, state.tenant,
+                    saved.status.value, state.started_at, body,
+                )
+            else:
+                row_id = await conn.fetchval(
+                    sql.update_saga, state.id, expected_version, saved.status.value, body,
+                )
+            if row_id is None:
+                # raising inside the transaction block rolls it back: nothing is written
+                raise ConcurrencyError(f"saga {state.id} is not at version {expected_version}")
+            if outbox:
+                await conn.execute(
+                    sql.insert_outbox,
+                    [e.id for e in outbox], state.id, [encode(e) for e in outbox],
+                )
+            if cancel_timers_of is not None:
+                await conn.execute(sql.cancel_timers, cancel_timers_of)
+            if timers:
+                # one row per id, the last one winning (as INSERT OR REPLACE would):
+                # ON CONFLICT DO UPDATE may not touch the same row twice in one statement
+                unique = list({t.id: t for t in timers}.values())
+                await conn.execute(
+                    sql.insert_timers,
+                    [t.id for t in unique], [t.saga_id for t in unique],
+                    [t.step for t in unique], [t.kind for t in unique],
+                    [t.due_at for t in unique], [t.attempt for t in unique],
+                )
+        return saved
+
+    async def list_sagas(self, status: str | None = None, limit: int = 50) -> list[SagaState]:
+        async with self._connection("list_sagas") as conn:
+            if status is None:
+                rows = await conn.fetch(self._sql.list_sagas, limit)
+            else:
+                rows = await conn.fetch(self._sql.list_sagas_of, str(status), limit)
+        return [SagaState.model_validate_json(r["state"]) for r in rows]
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    async def pending_outbox(self, limit: int = 100, min_age: float = 0.0) -> list[Envelope]:
+        """Outbox events not yet published, oldest first, leased to this store for
+        ``outbox_lease`` seconds: another store is not handed them until the lease runs out
+        (this one is, so a relay that retries sees its rows again)."""
+        async with self._connection("pending_outbox") as conn:
+            rows = await conn.fetch(
+                self._sql.lease_outbox, limit, self._lease_owner, float(self.outbox_lease),
+                float(min_age),
+            )
+        # UPDATE … RETURNING gives no order; seq is the order the events were saved in
+        return [decode(r["body"]) for r in sorted(rows, key=lambda r: r["seq"])]
+
+    async def mark_published(self, event_ids: Sequence[str]) -> None:
+        if not event_ids:
+            return
+        async with self._connection("mark_published") as conn:
+            await conn.execute(self._sql.delete_outbox, list(event_ids))
+
+    # -- timers ----------------------------------------------------------------------------
+
+    async def due_timers(self, now: datetime, limit: int = 100) -> list[Timer]:
+        async with self._connection("due_timers") as conn:
+            rows = await conn.fetch(self._sql.due_timers, now, limit)
+        return [_timer(r) for r in rows]
+
+    async def claim_timer(self, timer_id: str) -> bool:
+        async with self._connection("claim_timer") as conn:
+            claimed = await conn.fetchval(self._sql.claim_timer, timer_id)
+        return claimed is not None
+
+    async def claim_due_timers(self, now: datetime, limit: int = 100) -> list[Timer]:
+        """Find and claim (delete) up to ``limit`` timers due at ``now``, oldest first, in one
+        statement. Rows another coordinator is claiming at the same moment are skipped
+        (``FOR UPDATE SKIP LOCKED``), so concurrent callers get disjoint batches and every
+        timer is returned to exactly one of them. The caller must fire every timer returned:
+        they are gone from the store. A coordinator can use this in place of
+        ``due_timers`` + ``claim_timer`` to save a round trip per timer and to avoid
+        coordinators racing for the same rows."""
+        async with self._connection("claim_due_timers") as conn:
+            rows = await conn.fetch(self._sql.claim_due_timers, now, limit)
+        return sorted((_timer(r) for r in rows), key=lambda t: (t.due_at, t.id))
+
+    # -- event store and inbox -------------------------------------------------------------
+
+    async def append_events(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        async with self._connection("append_events") as conn:
+            await conn.execute(
+                self._sql.append_events,
+                [e.id for e in envelopes], [e.correlationid for e in envelopes],
+                [e.tenant for e in envelopes], [e.type for e in envelopes],
+                [e.time for e in envelopes], [encode(e) for e in envelopes],
+            )
+
+    async def events(self, correlationid: str) -> list[Envelope]:
+        async with self._connection("events") as conn:
+            rows = await conn.fetch(self._sql.events, correlationid)
+        return [decode(r["body"]) for r in rows]
+
+    async def recorded_result(self, request_id: str) -> Envelope | None:
+        async with self._connection("recorded_result") as conn:
+            body = await conn.fetchval(self._sql.recorded_result, request_id)
+        return decode(body) if body is not None else None
+
+    async def record_result(self, request_id: str, result: Envelope) -> None:
+        async with self._connection("record_result") as conn:
+            await conn.execute(self._sql.record_result, request_id, encode(result))
+
+
+def _timer(row: Any) -> Timer:
+    return Timer(
+        id=row["id"], saga_id=row["saga_id"], step=row["step"], kind=row["kind"],
+        due_at=row["due_at"], attempt=row["attempt"],
+    )
+
+
+class _Statements:
+    """Every statement, with the schema filled in once (it is an identifier, so it cannot be
+    a bind parameter; it is validated in the store's constructor)."""
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+        self.load = f"SELECT state FROM {s}.sagas WHERE id = $1"
+        self.insert_saga = (
+            f"INSERT INTO {s}.sagas (id, workflow, tenant, status, version, started_at, state)"
+            " VALUES ($1, $2, $3, $4, 1, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        self.update_saga = (
+            f"UPDATE {s}.sagas SET status = $3, version = $2 + 1, state = $4, updated_at = now()"
+            " WHERE id = $1 AND version = $2 RETURNING id"
+        )
+        self.list_sagas = f"SELECT state FROM {s}.sagas ORDER BY started_at DESC, id DESC LIMIT $1"
+        self.list_sagas_of = (
+            f"SELECT state FROM {s}.sagas WHERE status = $1"
+            " ORDER BY started_at DESC, id DESC LIMIT $2"
+        )
+        # WITH ORDINALITY + ORDER BY: rows get their seq in the order they were given
+        self.insert_outbox = (
+            f"INSERT INTO {s}.outbox (event_id, saga_id, body)"
+            " SELECT e.event_id, $2, e.body FROM unnest($1::text[], $3::bytea[])"
+            " WITH ORDINALITY AS e(event_id, body, n) ORDER BY e.n"
+            " ON CONFLICT (event_id) DO NOTHING"
+        )
+        self.lease_outbox = (
+            f"WITH picked AS (SELECT seq FROM {s}.outbox"
+            "   WHERE (leased_until IS NULL OR leased_until < clock_timestamp() OR leased_by = $2)"
+            "   AND created_at <= clock_timestamp() - $4::float8 * interval '1 second'"
+            "   ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            f" UPDATE {s}.outbox o SET leased_by = $2,"
+            "   leased_until = clock_timestamp() + $3::float8 * interval '1 second'"
+            " FROM picked WHERE o.seq = picked.seq RETURNING o.seq, o.body"
+        )
+        self.delete_outbox = f"DELETE FROM {s}.outbox WHERE event_id = ANY($1::text[])"
+        self.cancel_timers = f"DELETE FROM {s}.timers WHERE saga_id = $1"
+        self.insert_timers = (
+            f"INSERT INTO {s}.timers ({_TIMER_COLUMNS})"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+            " $5::timestamptz[], $6::int[])"
+            " ON CONFLICT (id) DO UPDATE SET saga_id = EXCLUDED.saga_id, step = EXCLUDED.step,"
+            " kind = EXCLUDED.kind, due_at = EXCLUDED.due_at, attempt = EXCLUDED.attempt"
+        )
+        self.due_timers = (
+            f"SELECT {_TIMER_COLUMNS} FROM {s}.timers WHERE due_at <= $1"
+            " ORDER BY due_at, id LIMIT $2"
+        )
+        self.claim_timer = f"DELETE FROM {s}.timers WHERE id = $1 RETURNING id"
+        self.claim_due_timers = (
+            f"WITH picked AS (SELECT id FROM {s}.timers WHERE due_at <= $1"
+            "   ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            f" DELETE FROM {s}.timers t USING picked WHERE t.id = picked.id"
+            f" RETURNING {', '.join('t.' + c for c in _TIMER_COLUMNS.split(', '))}"
+        )
+        self.append_events = (
+            f"INSERT INTO {s}.events (id, correlation_id, tenant, type, time, body)"
+            " SELECT e.id, e.cid, e.tenant, e.type, e.time, e.body FROM unnest($1::text[],"
+            " $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[])"
+            " WITH ORDINALITY AS e(id, cid, tenant, type, time, body, n) ORDER BY e.n"
+            " ON CONFLICT (id) DO NOTHING"
+        )
+        self.events = f"SELECT body FROM {s}.events WHERE correlation_id = $1 ORDER BY seq"
+        self.recorded_result = f"SELECT body FROM {s}.inbox WHERE request_id = $1"
+        self.record_result = (
+            f"INSERT INTO {s}.inbox (request_id, body) VALUES ($1, $2)"
+            " ON CONFLICT (request_id) DO NOTHING"
+        )

@@ -1,0 +1,186 @@
+"""A distributed run that loses nothing: coordinator and worker processes on RabbitMQ and
+PostgreSQL, with workers killed, the broker restarted and messages poisoned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from events import InquiryReceived, ResponseReady
+from service.settings import REPO_ROOT
+from service.testing import make_inquiry
+from tests.distributed.cluster import Cluster
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow]
+
+ALL = "language,vision,translation,responder,speech"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def start(cluster: Cluster, coordinators: int = 1, workers: int = 2) -> None:
+    for i in range(coordinators):
+        cluster.spawn(f"coordinator-{i}", "coordinator")
+    for i in range(workers):
+        cluster.spawn(f"worker-{i}", "worker", "--actors", ALL)
+    await cluster.wait_consumers("saga-coordinator", coordinators)
+    await cluster.wait_consumers("actor.responder", workers)
+    await cluster.wait_consumers("actor.translation", workers)
+
+
+def inquiries(n: int, prefix: str) -> list[InquiryReceived]:
+    return [
+        make_inquiry(f"{prefix}-{i}", f"message {prefix}-{i}: my order is late",
+                     language=["es", None, "en"][i % 3], voice_reply=i % 4 == 0)
+        for i in range(n)
+    ]
+
+
+async def submit_all(cluster: Cluster, items: list[InquiryReceived], timeout: float) -> dict:
+    async with cluster.client() as client:
+        for item in items:
+            await client.submit(item)
+        done = await asyncio.gather(*(client.wait(i.inquiry_id, timeout) for i in items))
+    return {e.correlationid: e for e in done}
+
+
+class TestDistributedRun:
+    async def test_two_hundred_inquiries_each_end_once(self, cluster: Cluster) -> None:
+        """Two coordinators and two workers on one PostgreSQL database: 200 inquiries, every
+        one ends in exactly one terminal event, and no provider call is paid twice."""
+        await start(cluster, coordinators=2, workers=2)
+        items = inquiries(200, "run")
+        done = await submit_all(cluster, items, timeout=120)
+        assert len(done) == 200
+        assert all(isinstance(e.data, ResponseReady) for e in done.values())
+        assert all(e.data.degraded == () for e in done.values())  # type: ignore[union-attr]
+        counts = await recorded(cluster, 200)
+        assert set(counts) == {i.inquiry_id for i in items}
+        assert set(counts.values()) == {1}
+        assert cluster.double_charges() == []
+        pids = {c["pid"] for c in cluster.charges() if c["capability"] == "respond"}
+        assert len(pids) == 2, "both workers should have taken requests"
+
+    async def test_killed_worker_messages_are_redelivered(self, tmp_path: Path) -> None:
+        """kill -9 of a worker holding unacknowledged messages: they go to the other worker;
+        every inquiry still ends exactly once; no step is charged twice."""
+        cluster = Cluster(tmp_path, AIAPPS_FAKE_LATENCY="1.0")
+        try:
+            await start(cluster, coordinators=1, workers=2)
+            victim = cluster.processes["worker-0"].pid
+            items = inquiries(40, "kill")
+            task = asyncio.create_task(submit_all(cluster, items, timeout=120))
+            async with asyncio.timeout(30):
+                while not any(c["pid"] == victim for c in cluster.charges()):
+                    await asyncio.sleep(0.02)
+            # every call in flight started less than ~0.3 s ago and takes 1 s: none completes
+            await asyncio.sleep(0.3)
+            cluster.kill("worker-0")
+            in_flight = [c for c in cluster.charges() if c["pid"] == victim]
+            assert in_flight, "the victim held no work"
+            assert all(c["event"] == "start" for c in in_flight)
+            done = await task
+            assert len(done) == 40
+            assert all(isinstance(e.data, ResponseReady) for e in done.values())
+            counts = await recorded(cluster, 40)
+            assert set(counts.values()) == {1}
+            assert cluster.double_charges() == []
+            redone = {json.dumps(c["args"]) for c in in_flight}
+            survivors = {json.dumps(c["args"]) for c in cluster.charges()
+                         if c["event"] == "charge" and c["pid"] != victim}
+            assert redone <= survivors, "the killed worker's requests were not redelivered"
+        finally:
+            await cluster.close()
+
+    async def test_broker_restart_loses_nothing(self, tmp_path: Path) -> None:
+        """RabbitMQ's app stopped and started mid-run: publishers and consumers reconnect and
+        every inquiry still ends exactly once."""
+        cluster = Cluster(tmp_path, AIAPPS_FAKE_LATENCY="0.2")
+        try:
+            await start(cluster, coordinators=1, workers=2)
+            items = inquiries(30, "bounce")
+            task = asyncio.create_task(submit_all(cluster, items, timeout=180))
+            async with asyncio.timeout(30):
+                while not cluster.charges():
+                    await asyncio.sleep(0.02)
+            await _rabbitmqctl("stop_app")
+            await asyncio.sleep(2)
+            await _rabbitmqctl("start_app")
+            done = await task
+            assert len(done) == 30
+            counts = await recorded(cluster, 30)
+            assert set(counts.values()) == {1}
+            assert cluster.double_charges() == []
+        finally:
+            await cluster.close()
+
+    async def test_poison_message_dead_lettered_listed_and_redriven(
+        self, cluster: Cluster
+    ) -> None:
+        """A message whose handler keeps crashing reaches its group's dead-letter queue after
+        the configured attempts, `ai-apps dlq list` shows it with the reason, and after the
+        fix `ai-apps dlq redrive` gets it processed."""
+        cluster.env["AIAPPS_BUS_MAX_ATTEMPTS"] = "3"
+        await start(cluster, coordinators=1, workers=1)
+        cluster.crash_file.write_text("crash")
+        async with cluster.client() as client:
+            await client.submit(make_inquiry("poison-1", "please help", language="en"))
+            letters: list[dict] = []
+            async with asyncio.timeout(30):
+                while not letters:
+                    await asyncio.sleep(0.3)
+                    letters = json.loads(_cli(cluster, "dlq", "list", "--json"))
+            (letter,) = letters
+            assert letter["group"] == "actor.responder"
+            assert letter["type"] == "GenerateResponseRequested"
+            assert letter["attempts"] == 3
+            assert "fake respond crashed" in letter["reason"]
+            assert letter["error_class"] == "RuntimeError"
+
+            cluster.crash_file.unlink()
+            assert "re-driven: 1" in _cli(cluster, "dlq", "redrive", letter["id"])
+            done = await client.wait("poison-1", timeout=30)
+        assert isinstance(done.data, ResponseReady)
+        assert done.data.degraded == ()
+        assert json.loads(_cli(cluster, "dlq", "list", "--json")) == []
+
+
+async def recorded(cluster: Cluster, n: int) -> Counter[str]:
+    """The terminal events in the event store, once the recorders have stored ``n`` of them
+    (and a moment more, so a duplicate would show)."""
+    async with asyncio.timeout(60):
+        while len(await cluster.terminal_counts()) < n:
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(1)
+    return await cluster.terminal_counts()
+
+
+def _cli(cluster: Cluster, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], env={**cluster.env, "COLUMNS": "200"},
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+async def _rabbitmqctl(command: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", command, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await proc.wait() == 0

@@ -1,0 +1,542 @@
+"""The RabbitMQ transport passes the transport contract against a real broker, and keeps its
+promises about interoperability, quorum queues, reconnects and shutdown.
+
+The broker is ``AIAPPS_TEST_AMQP_URL``; outside CI it defaults to a local guest broker and the
+tests skip when none answers. In CI (``CI`` set) the variable is required and a broker that does
+not answer fails the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aio_pika
+import pytest
+from yarl import URL
+
+from bus import RetryPolicy
+from bus.rabbitmq import H_ATTEMPTS, RabbitMQTransport
+from events import CONTENT_TYPE, Envelope, InquiryReceived, encode
+from tests.conformance.transport import (
+    PublishRaw,
+    TransportContract,
+    dead_letters_eventually,
+    eventually,
+    inquiry,
+)
+
+pytestmark = pytest.mark.rabbitmq
+
+LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0)
+
+Factory = Callable[..., RabbitMQTransport]
+
+
+def amqp_url() -> str:
+    url = os.environ.get("AIAPPS_TEST_AMQP_URL")
+    if url:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail("CI is set but AIAPPS_TEST_AMQP_URL is not: the RabbitMQ tests need a broker")
+    return LOCAL_URL
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[aio_pika.abc.AbstractConnection]:
+    """A plain aio-pika connection: the 'other client', and the janitor."""
+    url = amqp_url()
+    try:
+        conn = await aio_pika.connect(url, timeout=5)
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise  # in CI a missing broker is a failure, loudly
+        pytest.skip(f"no RabbitMQ at {url}: {exc!r}")
+    async with conn:
+        yield conn
+
+
+@pytest.fixture
+def exchange_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_transport(
+    broker: aio_pika.abc.AbstractConnection, exchange_name: str
+) -> AsyncIterator[Factory]:
+    """Builds transports on this test's exchange; closes them and deletes what they declared."""
+    made: list[RabbitMQTransport] = []
+
+    def make(**kwargs: object) -> RabbitMQTransport:
+        kwargs.setdefault("retry", FAST_RETRY)
+        kwargs.setdefault("exchange", exchange_name)
+        kwargs.setdefault("reconnect_interval", 0.2)
+        url = kwargs.pop("url", amqp_url())
+        t = RabbitMQTransport(str(url), **kwargs)  # type: ignore[arg-type]
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        await t.close()
+    queues = set().union(*(t.declared_queues for t in made)) if made else set()
+    # a connection of its own: a broker restart in the test has closed ``broker``
+    async with await aio_pika.connect(amqp_url(), timeout=10) as janitor:
+        channel = await janitor.channel()
+        for name in queues:
+            await channel.queue_delete(name)
+        await channel.exchange_delete(exchange_name)
+
+
+@pytest.fixture
+async def transport(make_transport: Factory) -> RabbitMQTransport:
+    return make_transport()
+
+
+@pytest.fixture
+async def publish_raw(
+    broker: aio_pika.abc.AbstractConnection, exchange_name: str
+) -> AsyncIterator[PublishRaw]:
+    channel = await broker.channel()
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+
+    async def publish(body: bytes, routing_key: str) -> None:
+        await exchange.publish(aio_pika.Message(body), routing_key)
+
+    yield publish
+    await channel.close()
+
+
+async def queue_depth(broker: aio_pika.abc.AbstractConnection, name: str) -> int:
+    """Ready messages in ``name`` (unacknowledged ones are not counted)."""
+    channel = await broker.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        count = queue.declaration_result.message_count
+        assert count is not None
+        return count
+    finally:
+        await channel.close()
+
+
+class TestRabbitMQTransport(TransportContract):
+    """RabbitMQ behaves as every transport must, and as an AMQP citizen."""
+
+    async def test_plain_amqp_client_can_publish_cloudevents(
+        self, transport: RabbitMQTransport, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A structured CloudEvent published by a client that knows nothing of ai-apps is
+        consumed like our own."""
+        got: list[Envelope] = []
+
+        async def handler(env: Envelope) -> None:
+            got.append(env)
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        body = json.dumps({
+            "specversion": "1.0", "id": "ext-1", "source": "/elsewhere",
+            "type": "InquiryReceived", "time": "2026-01-01T00:00:00Z", "correlationid": "c-ext",
+            "datacontenttype": "application/json",
+            "data": {"inquiry_id": "i-ext", "customer": {"id": "c9"}, "message": "hi"},
+        }).encode()
+        channel = await broker.channel()
+        exchange = await channel.get_exchange(exchange_name)
+        await exchange.publish(
+            aio_pika.Message(body, content_type=CONTENT_TYPE), routing_key="InquiryReceived"
+        )
+        await channel.close()
+        await eventually(lambda: len(got) == 1)
+        assert got[0].id == "ext-1"
+        assert got[0].correlationid == "c-ext"
+
+    async def test_plain_amqp_client_can_read_our_events(
+        self, transport: RabbitMQTransport, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """What we publish is a persistent structured CloudEvent with its id, correlation and
+        type in the AMQP properties."""
+        await transport.start()
+        channel = await broker.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange_name, routing_key="#")
+        sent = inquiry(3)
+        await transport.publish(sent)
+        message = await queue.get(timeout=5)
+        await message.ack()
+        await channel.close()
+        assert message.body == encode(sent)
+        assert message.content_type == CONTENT_TYPE
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert message.message_id == sent.id
+        assert message.correlation_id == sent.correlationid
+        assert message.type == "InquiryReceived"
+        assert message.headers["ce-tenant"] == "default"
+        assert json.loads(message.body)["specversion"] == "1.0"
+
+    async def test_retries_do_not_block_the_queue(self, make_transport: Factory) -> None:
+        """A message waiting for a long retry does not hold back the ones behind it."""
+        t = make_transport(retry=RetryPolicy(max_attempts=2, initial_delay=2.0, jitter=0))
+        ok: list[str] = []
+        failed: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            if env.correlationid == "slow" and not failed:
+                failed.append(env.correlationid)
+                raise RuntimeError("later")
+            ok.append(env.correlationid)
+
+        await t.subscribe("g", [InquiryReceived.event_type], handler, concurrency=1)
+        await t.start()
+        await t.publish(inquiry(correlation="slow"))
+        for i in range(5):
+            await t.publish(inquiry(correlation=f"n{i}"))
+        await eventually(lambda: len(ok) == 5, timeout=1.5)
+        assert "slow" not in ok
+        await eventually(lambda: "slow" in ok, timeout=5)
+
+    async def test_non_retryable_error_is_dead_lettered_at_once(
+        self, transport: RabbitMQTransport
+    ) -> None:
+        """An AiAppsError that says it is not retryable skips the retries."""
+        from events.errors import InvalidPayload
+
+        calls: list[int] = []
+
+        async def handler(env: Envelope) -> None:
+            calls.append(1)
+            raise InvalidPayload("never valid")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        await transport.publish(inquiry(correlation="bad"))
+        (letter,) = await dead_letters_eventually(transport, 1)
+        assert calls == [1]
+        assert letter.attempts == 1
+        assert letter.error_class == "InvalidPayload"
+        assert letter.headers[H_ATTEMPTS] == "1"
+        assert letter.headers["x-group"] == "g"
+
+    async def test_dead_letters_of_an_unsubscribed_group(
+        self, transport: RabbitMQTransport, make_transport: Factory
+    ) -> None:
+        """Another process (a CLI) lists and re-drives a group it never subscribed, by name."""
+        async def handler(env: Envelope) -> None:
+            raise RuntimeError("no")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        await transport.publish(inquiry(correlation="x"))
+        await dead_letters_eventually(transport, 1)
+        cli = make_transport()
+        await cli.start()
+        assert await cli.dead_letters() == []  # it knows of no group
+        assert await cli.dead_letters("nonexistent") == []
+        (letter,) = await cli.dead_letters("g")
+        assert letter.correlationid == "x"
+        assert (await cli.dead_letters("g"))[0].id == letter.id  # listing keeps them, same id
+        known = make_transport(known_groups=["g"])
+        assert [d.id for d in await known.dead_letters()] == [letter.id]
+        assert await cli.redrive(group="g") == 1
+
+    async def test_ephemeral_group_drops_failures(self, transport: RabbitMQTransport) -> None:
+        """An ephemeral group has no retries and no dead letters; its queue is exclusive."""
+        calls: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            calls.append(env.correlationid)
+            if env.correlationid == "boom":
+                raise RuntimeError("boom")
+
+        await transport.subscribe("replies.x", [InquiryReceived.event_type], handler,
+                                  ephemeral=True)
+        await transport.start()
+        await transport.publish(inquiry(correlation="boom"))
+        await transport.publish(inquiry(correlation="fine"))
+        await eventually(lambda: calls == ["boom", "fine"])
+        await asyncio.sleep(0.2)
+        assert calls == ["boom", "fine"]
+        assert await transport.dead_letters() == []
+        assert not any("replies.x" in q for q in transport.declared_queues)
+
+    async def test_quorum_queue_group(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A quorum-queue group delivers, retries through its (quorum) retry queues and
+        dead-letters."""
+        t = make_transport(queue_type="quorum")
+        attempts: dict[str, int] = {}
+
+        async def handler(env: Envelope) -> None:
+            n = attempts[env.correlationid] = attempts.get(env.correlationid, 0) + 1
+            if env.correlationid == "poison" or n < 2:
+                raise RuntimeError("flaky")
+
+        await t.subscribe("q", [InquiryReceived.event_type], handler)
+        await t.start()
+        await t.publish(inquiry(correlation="flaky"))
+        await t.publish(inquiry(correlation="poison"))
+        (letter,) = await dead_letters_eventually(t, 1)
+        await eventually(lambda: attempts.get("flaky") == 2)
+        assert letter.correlationid == "poison"
+        assert letter.attempts == 3
+        # the queue really is a quorum queue: declaring it classic is refused
+        channel = await broker.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+            await channel.declare_queue(f"{exchange_name}.q", durable=True)
+
+    async def test_publish_before_start_and_after_close(self, make_transport: Factory) -> None:
+        """publish connects on demand; after close it raises TransportError."""
+        from bus import TransportError
+
+        t = make_transport()
+        await t.publish(inquiry(1))
+        await t.close()
+        with pytest.raises(TransportError):
+            await t.publish(inquiry(2))
+
+    async def test_close_lets_a_running_handler_finish(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """close() waits for a handler in flight; it finishes, its message is acknowledged
+        and nothing is left to redeliver."""
+        t = make_transport(grace=10)
+        started = asyncio.Event()
+        finished: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            started.set()
+            await asyncio.sleep(0.5)
+            finished.append(env.correlationid)
+
+        await t.subscribe("g", [InquiryReceived.event_type], handler)
+        await t.start()
+        await t.publish(inquiry(correlation="slow"))
+        await asyncio.wait_for(started.wait(), 5)
+        await t.close()
+        assert finished == ["slow"]
+        assert await queue_depth(broker, f"{exchange_name}.g") == 0
+
+    async def test_close_after_grace_returns_the_message(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A handler still running when the grace period ends is cancelled and its message
+        goes back to the queue for another consumer."""
+        t = make_transport(grace=0.2)
+        started = asyncio.Event()
+        cancelled: list[bool] = []
+
+        async def handler(env: Envelope) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        await t.subscribe("g", [InquiryReceived.event_type], handler)
+        await t.start()
+        await t.publish(inquiry(correlation="stuck"))
+        await asyncio.wait_for(started.wait(), 5)
+        await t.close()
+        assert cancelled == [True]
+        assert await queue_depth(broker, f"{exchange_name}.g") == 1
+
+    async def test_handler_in_flight_when_connection_drops_is_redelivered(
+        self, make_transport: Factory
+    ) -> None:
+        """The connection dies under a running handler: the broker redelivers the message after
+        the reconnect, and consumption resumes."""
+        async with _Proxy(URL(amqp_url())) as proxy:
+            t = make_transport(url=proxy.url)
+            calls: list[str] = []
+            first = asyncio.Event()
+
+            async def handler(env: Envelope) -> None:
+                calls.append(env.correlationid)
+                if len(calls) == 1:
+                    first.set()
+                    await asyncio.sleep(30)  # cut off by the drop
+
+            await t.subscribe("g", [InquiryReceived.event_type], handler)
+            await t.start()
+            await t.publish(inquiry(correlation="held"))
+            await asyncio.wait_for(first.wait(), 5)
+            proxy.drop()
+            await eventually(lambda: len(calls) == 2, timeout=20)
+            assert calls == ["held", "held"]
+            await t.publish(inquiry(correlation="after"))
+            await eventually(lambda: calls[-1] == "after", timeout=10)
+            await t.close()
+
+    async def test_publish_waits_for_reconnect(self, make_transport: Factory) -> None:
+        """A publish while the connection is down waits for the reconnect and is confirmed."""
+        async with _Proxy(URL(amqp_url())) as proxy:
+            t = make_transport(url=proxy.url)
+            got: list[str] = []
+
+            async def handler(env: Envelope) -> None:
+                got.append(env.correlationid)
+
+            await t.subscribe("g", [InquiryReceived.event_type], handler)
+            await t.start()
+            proxy.pause()
+            publishing = asyncio.create_task(t.publish(inquiry(correlation="during")))
+            await asyncio.sleep(0.5)
+            assert not publishing.done()
+            proxy.resume()
+            await asyncio.wait_for(publishing, 20)
+            await eventually(lambda: got == ["during"], timeout=10)
+            await t.close()
+
+    async def test_publish_gives_up_with_transport_error(self, make_transport: Factory) -> None:
+        """With the broker gone for longer than publish_timeout, publish raises."""
+        from bus import TransportError
+
+        async with _Proxy(URL(amqp_url())) as proxy:
+            t = make_transport(url=proxy.url, publish_timeout=1.0)
+            await t.start()
+            proxy.pause()
+            with pytest.raises(TransportError):
+                await t.publish(inquiry(1))
+            proxy.resume()
+            await t.close()
+
+    @pytest.mark.slow
+    @pytest.mark.timeout(120)
+    async def test_survives_broker_restart(self, make_transport: Factory) -> None:
+        """``rabbitmqctl stop_app``/``start_app``: consumers resume, a publish made during the
+        outage completes after it, and nothing is lost.
+
+        Opt-in (``AIAPPS_TEST_RESTART_BROKER=1``): restarting the broker breaks every other
+        client of it, such as a second test run on the same machine. The proxy tests above
+        cover dropped connections without touching the broker."""
+        if not os.environ.get("AIAPPS_TEST_RESTART_BROKER"):
+            pytest.skip("restarts the shared broker: set AIAPPS_TEST_RESTART_BROKER=1 to run")
+        if shutil.which("rabbitmqctl") is None:
+            pytest.skip("rabbitmqctl is not available")
+        if URL(amqp_url()).host not in ("127.0.0.1", "localhost", "::1"):
+            pytest.skip("rabbitmqctl would restart the local node, not the broker under test")
+        t = make_transport()
+        got: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            got.append(env.correlationid)
+
+        await t.subscribe("g", [InquiryReceived.event_type], handler)
+        await t.start()
+        for i in range(5):
+            await t.publish(inquiry(correlation=f"before-{i}"))
+        await eventually(lambda: len(got) == 5)
+        await _rabbitmqctl("stop_app")
+        try:
+            during = asyncio.create_task(t.publish(inquiry(correlation="during")))
+            await asyncio.sleep(1)
+        finally:
+            await _rabbitmqctl("start_app")
+        await asyncio.wait_for(during, 40)
+        for i in range(5):
+            await t.publish(inquiry(correlation=f"after-{i}"))
+        expected = {f"before-{i}" for i in range(5)} | {f"after-{i}" for i in range(5)}
+        expected.add("during")
+        await eventually(lambda: expected <= set(got), timeout=40)
+
+
+async def _rabbitmqctl(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()
+
+
+class _Proxy:
+    """A TCP proxy in front of the broker, to cut or stall connections without touching the
+    broker (other clients of it are unaffected)."""
+
+    def __init__(self, upstream: URL) -> None:
+        self._upstream = upstream
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
+        self.url = ""
+
+    async def __aenter__(self) -> _Proxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = str(self._upstream.with_host("127.0.0.1").with_port(port))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.drop()
+        await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def drop(self) -> None:
+        """Cut every open connection."""
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    def pause(self) -> None:
+        """Cut every connection and refuse new ones until :meth:`resume`."""
+        self._paused = True
+        self.drop()
+
+    def resume(self) -> None:
+        self._paused = False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._paused:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                self._upstream.host, self._upstream.port or 5672
+            )
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        a = asyncio.create_task(self._pipe(reader, up_writer))
+        b = asyncio.create_task(self._pipe(up_reader, writer))
+        self._tasks |= {a, b}
+        await asyncio.gather(a, b, return_exceptions=True)
+        self._tasks -= {a, b}
+        for w in (writer, up_writer):
+            self._writers.discard(w)
+            w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
