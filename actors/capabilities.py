@@ -68,6 +68,15 @@ class Audio:
 
 
 @dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    data: bytes
+    media_type: str
+    provider: ProviderInfo
+    revised_prompt: str | None = None
+    usage: Usage = Usage()
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseQuery:
     """What the responder answers: the customer's message (in the responder's language) and
     what was found in their images."""
@@ -109,3 +118,10 @@ class SpeechSynthesizer(Protocol):
     async def synthesize(
         self, text: str, language: str, voice: str | None = None, style: str | None = None
     ) -> Audio: ...
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    """Makes one image from a text prompt (``size`` like ``"1024x1024"``)."""
+
+    async def generate(self, prompt: str, *, size: str | None = None) -> GeneratedImage: ...

@@ -9,8 +9,12 @@ Actors know nothing of workflows: the request's ``subject`` (the saga step) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import ClassVar, Protocol
 
 import structlog
@@ -29,10 +33,14 @@ Middleware = Callable[[Envelope, Handler], Awaitable[None]]
 
 
 class Inbox(Protocol):
-    """Results already produced, by request event id, so a redelivered request is answered
-    again without calling (and paying) the provider twice. The saga stores implement it."""
+    """Claims and results by request event id, so a redelivered request is answered again
+    without calling (and paying) the provider twice, and two workers never work on one request
+    at once (a broker that lost a connection redelivers while the first is still working).
+    The saga stores implement it."""
 
     async def recorded_result(self, request_id: str) -> Envelope | None: ...
+
+    async def claim_request(self, request_id: str, owner: str, lease: float) -> bool: ...
 
     async def record_result(self, request_id: str, result: Envelope) -> None: ...
 
@@ -85,12 +93,22 @@ class ActorRuntime:
         middleware: Sequence[Middleware] = (bind_log_context,),
         concurrency: int | None = None,
         inbox: Inbox | None = None,
+        claim_lease: float = 10.0,
     ) -> None:
         self.transport = transport
         self.inbox = inbox
+        self.claim_lease = claim_lease
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.actors = list(actors)
         self.middleware = tuple(middleware)
         self.concurrency = concurrency
+
+    async def close(self) -> None:
+        """Close providers that hold connections (``aclose()``), once the bus has stopped."""
+        for actor in self.actors:
+            aclose = getattr(actor.provider, "aclose", None)
+            if callable(aclose):
+                await aclose()
 
     async def warm_up(self) -> None:
         """Load every actor's models before taking messages (they load in parallel threads)."""
@@ -116,14 +134,14 @@ class ActorRuntime:
     async def _handle(self, actor: Actor, envelope: Envelope) -> None:
         source = f"/ai-apps/actors/{actor.service}"
         if self.inbox is not None:
-            recorded = await self.inbox.recorded_result(envelope.id)
+            recorded = await self._claim(envelope)
             if recorded is not None:
                 # a redelivery (a worker died after the call): answer again, do not pay again
                 log.info("redelivered request answered from the inbox", service=actor.service)
                 await self.transport.publish(recorded)
                 return
         try:
-            async with asyncio.timeout(actor.call_timeout):
+            async with asyncio.timeout(actor.call_timeout), self._holding(envelope):
                 result = await actor.perform(envelope.data)
         except ProviderError as exc:
             result = _failure(actor, envelope, exc)
@@ -142,6 +160,41 @@ class ActorRuntime:
         if self.inbox is not None:
             await self.inbox.record_result(envelope.id, reply)
         await self.transport.publish(reply)
+
+
+    async def _claim(self, envelope: Envelope) -> Envelope | None:
+        """Wait until this worker holds the request's claim (None) or its result is recorded
+        (the result). A claim held by a live worker is renewed by it; a dead worker's claim
+        runs out within ``claim_lease`` seconds and is taken over."""
+        assert self.inbox is not None
+        while True:
+            recorded = await self.inbox.recorded_result(envelope.id)
+            if recorded is not None:
+                return recorded
+            if await self.inbox.claim_request(envelope.id, self.owner, self.claim_lease):
+                return None
+            await asyncio.sleep(min(0.5, self.claim_lease / 4))
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, envelope: Envelope) -> AsyncIterator[None]:
+        """Renew the request's claim while the provider works (a long image generation)."""
+        if self.inbox is None:
+            yield
+            return
+        inbox = self.inbox
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.claim_lease / 3)
+                await inbox.claim_request(envelope.id, self.owner, self.claim_lease)
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 def _failure(actor: Actor, envelope: Envelope, exc: ProviderError) -> StepFailed:

@@ -721,6 +721,9 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:
         timestamp=message.timestamp,
         type=message.type,
         app_id=message.app_id,
+        reply_to=message.reply_to,
+        # not user_id (the broker refuses one that is not the publishing user's) nor
+        # expiration (it would start again in a retry queue)
     )
 
 

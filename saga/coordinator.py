@@ -5,6 +5,11 @@ events to the actors, matches their results by ``causationid``, applies timeouts
 timers), retries, circuit breakers and fallbacks, and ends every saga in exactly one terminal
 event. State changes and the events they cause are saved in one transaction (outbox) and then
 published, so a crash between the two loses nothing: the outbox is relayed on restart.
+
+A running saga can be cancelled (:meth:`SagaCoordinator.cancel`, or a ``SagaCancelRequested``
+event on the bus): its succeeded steps are compensated and the workflow's cancelled (else
+failed) terminal event is emitted. A result that arrives for a step the saga's end cancelled
+is compensated on arrival, so work finished too late is undone as well.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
+from pydantic import Field
 
 from bus.base import Transport
-from events.base import Event
+from events.base import Event, event
 from events.envelope import Envelope
 from events.support import StepFailed
 from saga.breaker import BreakerRegistry
@@ -34,6 +40,17 @@ log = structlog.get_logger("saga.coordinator")
 
 COORDINATOR_GROUP = "saga-coordinator"
 SOURCE = "/ai-apps/coordinator"
+
+_IN_FLIGHT = (StepStatus.DISPATCHED, StepStatus.WAITING_RETRY)
+
+
+@event
+class SagaCancelRequested(Event):
+    """Asks the coordinator to cancel the running saga this envelope's ``correlationid``
+    names. A saga that already ended (or never started) is left as it is."""
+
+    reason: str = Field(default="cancelled", min_length=1, max_length=500)
+    requested_by: str | None = None
 
 
 @dataclass(slots=True)
@@ -94,7 +111,7 @@ class SagaCoordinator:
         """The start events of every workflow, plus every result and failure event."""
         from events.support import ProviderResult
 
-        types = set(self._starts) | {StepFailed.event_type}
+        types = set(self._starts) | {StepFailed.event_type, SagaCancelRequested.event_type}
         types |= {t.event_type for t in _subclasses(ProviderResult) if t.event_type}
         return types
 
@@ -122,8 +139,33 @@ class SagaCoordinator:
         workflow = self._starts.get(envelope.type)
         if workflow is not None:
             await self._apply(envelope.correlationid, lambda s: self._begin(workflow, envelope, s))
+        elif isinstance(envelope.data, SagaCancelRequested):
+            await self.cancel(envelope.correlationid, envelope.data.reason, cause=envelope.id)
         else:
             await self._apply(envelope.correlationid, lambda s: self._on_result(envelope, s))
+
+    async def cancel(
+        self, saga_id: str, reason: str = "cancelled", *, cause: str | None = None
+    ) -> bool:
+        """End a running saga now: steps still pending or in flight are cancelled, succeeded
+        steps are compensated, and the workflow's cancelled terminal event (its failed one if
+        it has none) is emitted. Returns False when the saga is unknown or already ended."""
+        done: list[bool] = []
+
+        def change(existing: SagaState | None) -> tuple[SagaState, _Changes] | None:
+            done.clear()
+            if existing is None or existing.status is not SagaStatus.RUNNING:
+                return None
+            state = existing.model_copy(deep=True)
+            changes = _Changes(cause=cause)
+            self._end_failed(
+                self.workflows[state.workflow], state, reason, None, changes, cancelled=True
+            )
+            done.append(True)
+            return state, changes
+
+        await self._apply(saga_id, change)
+        return bool(done)
 
     async def fire_due_timers(self) -> int:
         """Fire every timer that is due now; returns how many fired. Called by the timer loop
@@ -140,6 +182,9 @@ class SagaCoordinator:
         for timer in claimed:  # a timer another coordinator claimed is not in our list
             fired += 1
             await self._apply(timer.saga_id, functools.partial(self._on_timer, timer))
+            # only now: had we died while applying, the lease would run out and another
+            # coordinator would fire it (applying a timer twice is a no-op: it is checked)
+            await self.store.complete_timer(timer.id)
         return fired
 
     async def relay_outbox(self, min_age: float = 0.0) -> int:
@@ -214,8 +259,10 @@ class SagaCoordinator:
     def _on_result(
         self, envelope: Envelope, existing: SagaState | None
     ) -> tuple[SagaState, _Changes] | None:
-        if existing is None or existing.status is not SagaStatus.RUNNING:
-            return None  # late result of a finished saga, or not one of ours
+        if existing is None:
+            return None  # not one of ours
+        if existing.status is not SagaStatus.RUNNING:
+            return self._late_result(envelope, existing)
         state = existing.model_copy(deep=True)
         step = state.step_by_request(envelope.causationid)
         if step is None or step.status is not StepStatus.DISPATCHED:
@@ -240,6 +287,28 @@ class SagaCoordinator:
             step.finished_at = now
             step.deadline = None
         self._advance(workflow, state, changes)
+        return state, changes
+
+    def _late_result(
+        self, envelope: Envelope, existing: SagaState
+    ) -> tuple[SagaState, _Changes] | None:
+        """A step's result after its saga ended: ignored, unless the end cancelled the step
+        and it has a compensation, which undoes the work now (once: the result is kept)."""
+        step = existing.step_by_request(envelope.causationid)
+        if (step is None or step.status is not StepStatus.CANCELLED or step.result is not None
+                or isinstance(envelope.data, StepFailed)):
+            return None
+        workflow = self.workflows[existing.workflow]
+        definition = workflow.step(step.name)
+        if definition.compensate is None:
+            return None
+        state = existing.model_copy(deep=True)
+        step = state.steps[step.key]
+        step.result = StoredEvent.of(envelope.data)
+        changes = _Changes(cause=envelope.id)
+        request = definition.compensate(SagaView(state, step.item))
+        changes.emit(state, request, f"compensate:{step.key}", self.clock.now())
+        log.info("late result of a cancelled step compensated", saga=state.id, step=step.key)
         return state, changes
 
     def _on_timer(
@@ -315,11 +384,19 @@ class SagaCoordinator:
             for definition in workflow.steps:
                 root = state.steps[definition.name]
                 if root.status is StepStatus.EXPANDED:
+                    limit = definition.max_parallel
+                    in_flight = sum(state.steps[k].status in _IN_FLIGHT for k in root.branches)
                     for key in root.branches:
                         branch = state.steps[key]
-                        if branch.status is StepStatus.PENDING:
-                            self._dispatch_or_fallback(workflow, state, branch, changes)
-                            progressed = True
+                        if branch.status is not StepStatus.PENDING:
+                            continue
+                        if limit is not None and in_flight >= limit:
+                            break  # the rest go out as these settle
+                        self._dispatch_or_fallback(workflow, state, branch, changes)
+                        progressed = True
+                        if state.status is not SagaStatus.RUNNING:
+                            return
+                        in_flight += branch.status in _IN_FLIGHT
                     continue
                 if root.status is not StepStatus.PENDING:
                     continue
@@ -385,10 +462,11 @@ class SagaCoordinator:
         log.info("saga completed", saga=state.id, degraded=list(state.degraded))
 
     def _end_failed(
-        self, workflow: Workflow, state: SagaState, reason: str, step: str | None, changes: _Changes
+        self, workflow: Workflow, state: SagaState, reason: str, step: str | None,
+        changes: _Changes, *, cancelled: bool = False,
     ) -> None:
         state.status = SagaStatus.FAILED
-        state.failure_reason = reason
+        state.failure_reason = f"cancelled: {reason}" if cancelled else reason
         state.finished_at = self.clock.now()
         for other in state.steps.values():
             if other.status in (StepStatus.DISPATCHED, StepStatus.WAITING_RETRY,
@@ -399,8 +477,9 @@ class SagaCoordinator:
             if other.status is StepStatus.SUCCEEDED and definition.compensate is not None:
                 request = definition.compensate(SagaView(state, other.item))
                 changes.emit(state, request, f"compensate:{other.key}", self.clock.now())
-        self._terminal(state, workflow.fail(SagaView(state), reason, step), changes)
-        log.warning("saga failed", saga=state.id, reason=reason)
+        finisher = (workflow.cancelled or workflow.fail) if cancelled else workflow.fail
+        self._terminal(state, finisher(SagaView(state), reason, step), changes)
+        log.warning("saga cancelled" if cancelled else "saga failed", saga=state.id, reason=reason)
 
     def _terminal(self, state: SagaState, event: Event, changes: _Changes) -> None:
         state.terminal = StoredEvent.of(event)

@@ -21,6 +21,8 @@ class InMemorySagaStore:
         self._events: dict[str, bytes] = {}
         self._by_correlation: dict[str, list[str]] = {}
         self._inbox: dict[str, bytes] = {}
+        self._claims: dict[str, tuple[str, float]] = {}
+        self._timer_leases: dict[str, float] = {}
 
     async def open(self) -> None:
         return None
@@ -67,11 +69,24 @@ class InMemorySagaStore:
             self._outbox.pop(eid, None)
 
     async def due_timers(self, now: datetime, limit: int = 100) -> list[Timer]:
-        due = sorted((t for t in self._timers.values() if t.due_at <= now), key=lambda t: t.due_at)
+        wall = time.time()
+        due = sorted(
+            (t for t in self._timers.values()
+             if t.due_at <= now and self._timer_leases.get(t.id, 0.0) <= wall),
+            key=lambda t: t.due_at,
+        )
         return due[:limit]
 
-    async def claim_timer(self, timer_id: str) -> bool:
-        return self._timers.pop(timer_id, None) is not None
+    async def claim_timer(self, timer_id: str, lease: float = 60.0) -> bool:
+        wall = time.time()
+        if timer_id not in self._timers or self._timer_leases.get(timer_id, 0.0) > wall:
+            return False
+        self._timer_leases[timer_id] = wall + lease
+        return True
+
+    async def complete_timer(self, timer_id: str) -> None:
+        self._timers.pop(timer_id, None)
+        self._timer_leases.pop(timer_id, None)
 
     async def append_events(self, envelopes: Sequence[Envelope]) -> None:
         for env in envelopes:
@@ -93,8 +108,19 @@ class InMemorySagaStore:
         body = self._inbox.get(request_id)
         return decode(body) if body is not None else None
 
+    async def claim_request(self, request_id: str, owner: str, lease: float) -> bool:
+        if request_id in self._inbox:
+            return False
+        holder = self._claims.get(request_id)
+        wall = time.time()
+        if holder is not None and holder[0] != owner and holder[1] > wall:
+            return False
+        self._claims[request_id] = (owner, wall + lease)
+        return True
+
     async def record_result(self, request_id: str, result: Envelope) -> None:
         self._inbox.setdefault(request_id, encode(result))
+        self._claims.pop(request_id, None)
 
     def timers(self) -> list[Timer]:
         """Every timer not yet fired (for tests)."""

@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS {s}.timers (
     step TEXT NOT NULL,
     kind TEXT NOT NULL,
     due_at TIMESTAMPTZ NOT NULL,
-    attempt INTEGER NOT NULL
+    attempt INTEGER NOT NULL,
+    leased_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
 );
 CREATE INDEX IF NOT EXISTS timers_due ON {s}.timers (due_at);
 CREATE INDEX IF NOT EXISTS timers_saga ON {s}.timers (saga_id);
@@ -105,7 +106,9 @@ CREATE TABLE IF NOT EXISTS {s}.events (
 CREATE INDEX IF NOT EXISTS events_correlation ON {s}.events (correlation_id, seq);
 CREATE TABLE IF NOT EXISTS {s}.inbox (
     request_id TEXT PRIMARY KEY,
-    body BYTEA NOT NULL,
+    owner TEXT,
+    claimed_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+    body BYTEA,
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 """
@@ -340,21 +343,26 @@ class PostgresSagaStore:
             rows = await conn.fetch(self._sql.due_timers, now, limit)
         return [_timer(r) for r in rows]
 
-    async def claim_timer(self, timer_id: str) -> bool:
+    async def claim_timer(self, timer_id: str, lease: float = 60.0) -> bool:
         async with self._connection("claim_timer") as conn:
-            claimed = await conn.fetchval(self._sql.claim_timer, timer_id)
+            claimed = await conn.fetchval(self._sql.claim_timer, timer_id, float(lease))
         return claimed is not None
 
-    async def claim_due_timers(self, now: datetime, limit: int = 100) -> list[Timer]:
-        """Find and claim (delete) up to ``limit`` timers due at ``now``, oldest first, in one
+    async def complete_timer(self, timer_id: str) -> None:
+        async with self._connection("complete_timer") as conn:
+            await conn.execute(self._sql.complete_timer, timer_id)
+
+    async def claim_due_timers(
+        self, now: datetime, limit: int = 100, lease: float = 60.0
+    ) -> list[Timer]:
+        """Find and lease up to ``limit`` timers due at ``now``, oldest first, in one
         statement. Rows another coordinator is claiming at the same moment are skipped
         (``FOR UPDATE SKIP LOCKED``), so concurrent callers get disjoint batches and every
-        timer is returned to exactly one of them. The caller must fire every timer returned:
-        they are gone from the store. A coordinator can use this in place of
-        ``due_timers`` + ``claim_timer`` to save a round trip per timer and to avoid
-        coordinators racing for the same rows."""
+        timer is returned to exactly one of them. The caller fires each and then calls
+        :meth:`complete_timer`; a timer whose coordinator died is due again when its lease
+        runs out."""
         async with self._connection("claim_due_timers") as conn:
-            rows = await conn.fetch(self._sql.claim_due_timers, now, limit)
+            rows = await conn.fetch(self._sql.claim_due_timers, now, limit, float(lease))
         return sorted((_timer(r) for r in rows), key=lambda t: (t.due_at, t.id))
 
     # -- event store and inbox -------------------------------------------------------------
@@ -379,6 +387,11 @@ class PostgresSagaStore:
         async with self._connection("recorded_result") as conn:
             body = await conn.fetchval(self._sql.recorded_result, request_id)
         return decode(body) if body is not None else None
+
+    async def claim_request(self, request_id: str, owner: str, lease: float) -> bool:
+        async with self._connection("claim_request") as conn:
+            claimed = await conn.fetchval(self._sql.claim_request, request_id, owner, float(lease))
+        return claimed is not None
 
     async def record_result(self, request_id: str, result: Envelope) -> None:
         async with self._connection("record_result") as conn:
@@ -439,13 +452,20 @@ class _Statements:
         )
         self.due_timers = (
             f"SELECT {_TIMER_COLUMNS} FROM {s}.timers WHERE due_at <= $1"
-            " ORDER BY due_at, id LIMIT $2"
+            " AND leased_until <= clock_timestamp() ORDER BY due_at, id LIMIT $2"
         )
-        self.claim_timer = f"DELETE FROM {s}.timers WHERE id = $1 RETURNING id"
+        self.claim_timer = (
+            f"UPDATE {s}.timers SET leased_until = clock_timestamp() + $2::float8"
+            " * interval '1 second' WHERE id = $1 AND leased_until <= clock_timestamp()"
+            " RETURNING id"
+        )
+        self.complete_timer = f"DELETE FROM {s}.timers WHERE id = $1"
         self.claim_due_timers = (
             f"WITH picked AS (SELECT id FROM {s}.timers WHERE due_at <= $1"
+            "   AND leased_until <= clock_timestamp()"
             "   ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            f" DELETE FROM {s}.timers t USING picked WHERE t.id = picked.id"
+            f" UPDATE {s}.timers t SET leased_until = clock_timestamp() + $3::float8"
+            " * interval '1 second' FROM picked WHERE t.id = picked.id"
             f" RETURNING {', '.join('t.' + c for c in _TIMER_COLUMNS.split(', '))}"
         )
         self.append_events = (
@@ -456,8 +476,19 @@ class _Statements:
             " ON CONFLICT (id) DO NOTHING"
         )
         self.events = f"SELECT body FROM {s}.events WHERE correlation_id = $1 ORDER BY seq"
-        self.recorded_result = f"SELECT body FROM {s}.inbox WHERE request_id = $1"
+        self.recorded_result = (
+            f"SELECT body FROM {s}.inbox WHERE request_id = $1 AND body IS NOT NULL"
+        )
+        self.claim_request = (
+            f"INSERT INTO {s}.inbox AS i (request_id, owner, claimed_until)"
+            " VALUES ($1, $2, clock_timestamp() + $3::float8 * interval '1 second')"
+            " ON CONFLICT (request_id) DO UPDATE SET owner = EXCLUDED.owner,"
+            " claimed_until = EXCLUDED.claimed_until WHERE i.body IS NULL AND"
+            " (i.owner = EXCLUDED.owner OR i.claimed_until <= clock_timestamp())"
+            " RETURNING request_id"
+        )
         self.record_result = (
-            f"INSERT INTO {s}.inbox (request_id, body) VALUES ($1, $2)"
-            " ON CONFLICT (request_id) DO NOTHING"
+            f"INSERT INTO {s}.inbox AS i (request_id, body) VALUES ($1, $2)"
+            " ON CONFLICT (request_id) DO UPDATE SET body = EXCLUDED.body, owner = NULL"
+            " WHERE i.body IS NULL"
         )

@@ -4,6 +4,7 @@ database file, and each change is one transaction."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS timers (
     step TEXT NOT NULL,
     kind TEXT NOT NULL,
     due_at TEXT NOT NULL,
-    attempt INTEGER NOT NULL
+    attempt INTEGER NOT NULL,
+    leased_until REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
 CREATE INDEX IF NOT EXISTS timers_saga ON timers (saga_id);
@@ -57,7 +59,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_correlation ON events (correlation_id, seq);
 CREATE TABLE IF NOT EXISTS inbox (
     request_id TEXT PRIMARY KEY,
-    body BLOB NOT NULL
+    owner TEXT,
+    claimed_until REAL NOT NULL DEFAULT 0,
+    body BLOB
 );
 """
 
@@ -177,8 +181,8 @@ class SqliteSagaStore:
     async def due_timers(self, now: datetime, limit: int = 100) -> list[Timer]:
         async with self.db.execute(
             "SELECT id, saga_id, step, kind, due_at, attempt FROM timers WHERE due_at <= ? "
-            "ORDER BY due_at LIMIT ?",
-            (_ts(now), limit),
+            "AND leased_until <= ? ORDER BY due_at LIMIT ?",
+            (_ts(now), time.time(), limit),
         ) as cur:
             rows = await cur.fetchall()
         return [
@@ -190,11 +194,20 @@ class SqliteSagaStore:
             for r in rows
         ]
 
-    async def claim_timer(self, timer_id: str) -> bool:
+    async def claim_timer(self, timer_id: str, lease: float = 60.0) -> bool:
+        wall = time.time()
         async with self._lock:
-            cur = await self.db.execute("DELETE FROM timers WHERE id = ?", (timer_id,))
+            cur = await self.db.execute(
+                "UPDATE timers SET leased_until = ? WHERE id = ? AND leased_until <= ?",
+                (wall + lease, timer_id, wall),
+            )
             await self.db.commit()
         return cur.rowcount == 1
+
+    async def complete_timer(self, timer_id: str) -> None:
+        async with self._lock:
+            await self.db.execute("DELETE FROM timers WHERE id = ?", (timer_id,))
+            await self.db.commit()
 
     async def append_events(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
@@ -228,15 +241,30 @@ class SqliteSagaStore:
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
         async with self.db.execute(
-            "SELECT body FROM inbox WHERE request_id = ?", (request_id,)
+            "SELECT body FROM inbox WHERE request_id = ? AND body IS NOT NULL", (request_id,)
         ) as cur:
             row = await cur.fetchone()
         return decode(row[0]) if row else None
 
+    async def claim_request(self, request_id: str, owner: str, lease: float) -> bool:
+        wall = time.time()
+        async with self._lock:
+            async with self.db.execute(
+                "INSERT INTO inbox (request_id, owner, claimed_until) VALUES (?, ?, ?) "
+                "ON CONFLICT (request_id) DO UPDATE SET owner = excluded.owner, "
+                "claimed_until = excluded.claimed_until WHERE inbox.body IS NULL AND "
+                "(inbox.owner = excluded.owner OR inbox.claimed_until <= ?) RETURNING request_id",
+                (request_id, owner, wall + lease, wall),
+            ) as cur:
+                row = await cur.fetchone()
+            await self.db.commit()
+        return row is not None
+
     async def record_result(self, request_id: str, result: Envelope) -> None:
         async with self._lock:
             await self.db.execute(
-                "INSERT OR IGNORE INTO inbox (request_id, body) VALUES (?, ?)",
+                "INSERT INTO inbox (request_id, body) VALUES (?, ?) ON CONFLICT (request_id) "
+                "DO UPDATE SET body = excluded.body, owner = NULL WHERE inbox.body IS NULL",
                 (request_id, encode(result)),
             )
             await self.db.commit()

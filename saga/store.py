@@ -75,8 +75,14 @@ class SagaStore(Protocol):
 
     async def due_timers(self, now: datetime, limit: int = 100) -> list[Timer]: ...
 
-    async def claim_timer(self, timer_id: str) -> bool:
-        """Remove the timer; True for exactly one caller, so each timer fires once."""
+    async def claim_timer(self, timer_id: str, lease: float = 60.0) -> bool:
+        """Lease the timer for ``lease`` seconds; True for exactly one caller. A leased timer
+        is not due again until the lease runs out, so a coordinator that dies while firing it
+        leaves it for another; :meth:`complete_timer` removes it once fired."""
+        ...
+
+    async def complete_timer(self, timer_id: str) -> None:
+        """Remove a fired timer."""
         ...
 
     async def append_events(self, envelopes: Sequence[Envelope]) -> None:
@@ -93,6 +99,12 @@ class SagaStore(Protocol):
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
         """The result an actor already produced for request ``request_id`` (the inbox)."""
+        ...
+
+    async def claim_request(self, request_id: str, owner: str, lease: float) -> bool:
+        """Claim the work of request ``request_id`` for ``owner`` for ``lease`` seconds: True
+        unless another owner holds a live claim or the result is recorded. The owner renews
+        it while working (claiming again); a dead owner's claim runs out."""
         ...
 
     async def record_result(self, request_id: str, result: Envelope) -> None:

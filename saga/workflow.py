@@ -117,7 +117,9 @@ class Step:
     over (one branch per item, ``SagaView.item`` set for the request builder). ``fallback``
     gives a substitute result when the step fails for good, times out, or its circuit is open;
     without one, a ``required`` step's failure fails the saga. ``compensate`` builds the
-    request that undoes a succeeded step when the saga fails later.
+    request that undoes a succeeded step when the saga fails or is cancelled later.
+    ``max_parallel`` bounds a ``for_each`` step: at most that many of its branches are in
+    flight (dispatched or waiting for a retry) at once; the rest wait their turn.
     """
 
     name: str
@@ -131,12 +133,15 @@ class Step:
     fallback: Fallback | None = None
     required: bool = True
     compensate: RequestBuilder | None = None
+    max_parallel: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "[" in self.name:
             raise ValueError(f"invalid step name {self.name!r}")
         if self.timeout <= 0:
             raise ValueError(f"step {self.name}: timeout must be positive")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ValueError(f"step {self.name}: max_parallel must be at least 1")
 
 
 Finisher = Callable[[SagaView], Event]
@@ -145,13 +150,17 @@ Failer = Callable[[SagaView, str, str | None], Event]
 
 @dataclass(frozen=True, slots=True)
 class Workflow:
-    """A named set of steps started by one event type, ending in one terminal event."""
+    """A named set of steps started by one event type, ending in one terminal event.
+
+    ``cancelled`` builds the terminal event of a saga cancelled while running (given the
+    cancellation reason); without it, ``fail`` is used."""
 
     name: str
     starts_on: type[Event]
     steps: tuple[Step, ...]
     complete: Finisher
     fail: Failer
+    cancelled: Failer | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(help="Dead-lettered messages: list them, send them back.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+providers_app = typer.Typer(help="The AI service providers in use.", no_args_is_help=True)
+app.add_typer(providers_app, name="providers")
 
 out = Console()
 err = Console(stderr=True)
@@ -363,6 +365,30 @@ def dlq_redrive(
             await transport.close()
 
     out.print(f"re-driven: {_run(redrive())}")
+
+
+@providers_app.command("check")
+def providers_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """For each configured Azure/OpenAI capability: does its endpoint answer and accept the
+    credentials (without spending money where the API allows)."""
+    settings = _settings()
+    from service.provider_settings import check_providers
+
+    reports: list[dict[str, Any]] = _run(check_providers(settings.azure))
+    if as_json:
+        sys.stdout.write(json.dumps(reports, indent=2) + "\n")
+    else:
+        table = Table("capability", "provider", "endpoint", "reachable", "authenticated", "detail")
+        for r in reports:
+            table.add_row(r["capability"], r["provider"], r["endpoint"] or "", str(r["reachable"]),
+                          str(r["authenticated"]), r["detail"] or "")
+        out.print(table)
+        families = settings.providers.model_dump()
+        out.print("families: " + ", ".join(f"{k}={v}" for k, v in families.items()))
+    if any(r["reachable"] is False or r["authenticated"] is False for r in reports):
+        raise typer.Exit(1)
 
 
 def _run(coro: Any) -> Any:

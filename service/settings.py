@@ -9,13 +9,16 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.provider_settings import AzureProviderSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-ProviderFamily = Literal["local", "fake"]
+ProviderFamily = Literal["local", "fake", "azure", "openai"]
 
 
 class ProviderSettings(BaseModel):
-    """Which provider family serves each capability (``AIAPPS_PROVIDERS__TRANSLATION=local``)."""
+    """Which provider family serves each capability (``AIAPPS_PROVIDERS__TRANSLATION=local``).
+    ``openai`` (any OpenAI-compatible endpoint) serves the responder only."""
 
     language: ProviderFamily = "local"
     vision: ProviderFamily = "local"
@@ -50,6 +53,10 @@ class Settings(BaseSettings):
         description="Folder of Markdown support articles the responder answers from.",
     )
     providers: ProviderSettings = ProviderSettings()
+    azure: AzureProviderSettings = Field(
+        default_factory=AzureProviderSettings,
+        description="Azure AI and OpenAI-compatible endpoints (AIAPPS_AZURE__TRANSLATOR__KEY, …).",
+    )
     languages: list[str] = Field(
         default=["en", "es", "fr", "de", "it", "pt", "nl", "ca"],
         description="Languages the local language detector chooses between.",
@@ -66,6 +73,11 @@ class Settings(BaseSettings):
     bus_max_attempts: int = Field(default=5, ge=1, description="Deliveries before dead-letter.")
     bus_retry_delay: float = Field(default=0.5, ge=0, description="First redelivery delay (s).")
     concurrency: int = Field(default=8, ge=1, description="Handlers in flight per group.")
+    claim_lease: float = Field(
+        default=10.0, gt=0,
+        description="Seconds a worker's claim on a request lasts unless renewed (it renews "
+        "every third of it while working); a dead worker's requests wait this long.",
+    )
     timer_interval: float = Field(default=0.2, gt=0, description="Seconds between timer scans.")
     outbox_interval: float = Field(
         default=5.0, gt=0, description="Seconds between relays of unpublished outbox events."

@@ -122,6 +122,19 @@ def make_actors(
             made.behaviour.log_path = settings.fake_call_log
             made.behaviour.crash_file = settings.fake_crash_file
             return made
+        if family == "azure":
+            from service.provider_settings import build_azure_provider
+
+            return build_azure_provider(service, settings.azure, settings.knowledge_base)
+        if family == "openai":
+            if service != "responder":
+                raise ConfigurationError(
+                    f"AIAPPS_PROVIDERS__{service.upper()}=openai: the openai family serves the "
+                    "responder only; use local, azure or fake"
+                )
+            from service.provider_settings import build_openai_responder
+
+            return build_openai_responder(settings.azure, settings.knowledge_base, kind="openai")
         if service == "language":
             return _local("language", "LinguaLanguageDetector")(languages=settings.languages)
         if service == "vision":
@@ -197,6 +210,7 @@ class Service:
             make_actors(self.settings, self.blobs, actors, providers),
             concurrency=self.settings.concurrency,
             inbox=self.store,
+            claim_lease=self.settings.claim_lease,
         )
         self._waiters: dict[str, asyncio.Future[Envelope]] = {}
         self._finished: dict[str, Envelope] = {}
@@ -227,6 +241,7 @@ class Service:
         if self.coordinator is not None:
             await self.coordinator.stop()
         await self.transport.close()
+        await self.runtime.close()
         await self.store.close()
 
     async def submit(self, inquiry: InquiryReceived, *, tenant: str = "default") -> Envelope:

@@ -167,6 +167,10 @@ class TestPostgresConcurrency:
         claims = await asyncio.gather(drain(a), drain(b), drain(a), drain(b))
         ids = [t.id for batch in claims for t in batch]
         assert Counter(ids) == Counter(t.id for t in timers)
+        # claimed means leased: nothing is due any more, and completing removes them
+        assert await a.due_timers(now) == []
+        for tid in ids:
+            await a.complete_timer(tid)
         assert await pg.count("timers") == 0
 
     async def test_claim_due_timers_leaves_timers_not_due(self, pg: Postgres) -> None:

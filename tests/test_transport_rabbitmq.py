@@ -1,9 +1,9 @@
 """The RabbitMQ transport passes the transport contract against a real broker, and keeps its
 promises about interoperability, quorum queues, reconnects and shutdown.
 
-The broker is ``AIAPPS_TEST_AMQP_URL``; outside CI it defaults to a local guest broker and the
-tests skip when none answers. In CI (``CI`` set) the variable is required and a broker that does
-not answer fails the tests.
+The broker is ``AIAPPS_TEST_AMQP_URL``. Outside CI it defaults to a local guest broker, and the
+tests skip when that default does not answer. In CI (``CI`` set) the variable is required, and
+a broker that was named (in CI or not) but does not answer fails the tests.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0)
 Factory = Callable[..., RabbitMQTransport]
 
 
+def broker_required() -> bool:
+    """Whether a broker that does not answer fails the tests (in CI, or when a URL was given)
+    rather than skipping them (the implicit local default)."""
+    return bool(os.environ.get("CI") or os.environ.get("AIAPPS_TEST_AMQP_URL"))
+
+
 def amqp_url() -> str:
     url = os.environ.get("AIAPPS_TEST_AMQP_URL")
     if url:
@@ -55,8 +61,8 @@ async def broker() -> AsyncIterator[aio_pika.abc.AbstractConnection]:
     try:
         conn = await aio_pika.connect(url, timeout=5)
     except Exception as exc:
-        if os.environ.get("CI"):
-            raise  # in CI a missing broker is a failure, loudly
+        if broker_required():
+            raise  # a missing broker is a failure, loudly
         pytest.skip(f"no RabbitMQ at {url}: {exc!r}")
     async with conn:
         yield conn

@@ -88,6 +88,37 @@ class StoreContract:
         assert results.count(True) == 1
         assert [t.id for t in await store.due_timers(T0 + timedelta(seconds=30))] == ["late"]
 
+    async def test_timer_lease_runs_out_and_complete_removes(self, store: SagaStore) -> None:
+        """A claimed timer is not due while leased; if its coordinator dies it is due again
+        when the lease runs out; complete_timer removes it for good."""
+        await store.save(new_state(), expected_version=0, timers=[timer("t", T0)])
+        assert await store.claim_timer("t", lease=0.2)
+        assert await store.due_timers(T0) == []
+        assert not await store.claim_timer("t")
+        await asyncio.sleep(0.3)
+        assert [t.id for t in await store.due_timers(T0)] == ["t"]
+        assert await store.claim_timer("t")
+        await store.complete_timer("t")
+        await asyncio.sleep(0.01)
+        assert await store.due_timers(T0 + timedelta(days=1)) == []
+        assert not await store.claim_timer("t", lease=0.01)
+
+    async def test_request_claims(self, store: SagaStore) -> None:
+        """One owner at a time may work on a request; the owner renews by claiming again; a
+        claim that ran out can be taken over; nobody claims a request with a result."""
+        assert await store.claim_request("r1", "w1", lease=0.2)
+        assert not await store.claim_request("r1", "w2", lease=10)
+        assert await store.claim_request("r1", "w1", lease=0.2)
+        await asyncio.sleep(0.3)
+        assert await store.claim_request("r1", "w2", lease=10)
+        assert not await store.claim_request("r1", "w1", lease=10)
+        await store.record_result("r1", envelope())
+        assert not await store.claim_request("r1", "w2", lease=10)
+        assert await store.recorded_result("r1") is not None
+        assert await store.recorded_result("r2") is None
+        assert await store.claim_request("r2", "w1", lease=10)
+        assert await store.recorded_result("r2") is None
+
     async def test_cancel_timers_of_a_saga(self, store: SagaStore) -> None:
         """Ending a saga removes its timers, not another saga's."""
         await store.save(new_state("s1"), expected_version=0, timers=[timer("a", T0)])

@@ -63,6 +63,7 @@ class Cluster:
             "AIAPPS_OUTBOX_INTERVAL": "1",
             "AIAPPS_BUS_RETRY_DELAY": "0.05",
             "AIAPPS_CONCURRENCY": "16",
+            "AIAPPS_CLAIM_LEASE": "3",
             "AIAPPS_LOG_LEVEL": "INFO",
             "AIAPPS_LOG_FORMAT": "json",
             **{f"AIAPPS_PROVIDERS__{s}": "fake"
