@@ -67,6 +67,8 @@ class _Changes:
         envelope = state.start_envelope().follow(event, source=SOURCE, subject=subject, time=now)
         if self.cause is not None:
             envelope = envelope.model_copy(update={"causationid": self.cause})
+        if state.resumed_from is not None:  # a resumed saga marks everything it emits
+            envelope = envelope.model_copy(update={"replayof": state.resumed_from})
         self.outbox.append(envelope)
         return envelope
 

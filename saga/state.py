@@ -100,6 +100,8 @@ class SagaState(BaseModel):
     steps: dict[str, StepState] = Field(default_factory=dict)
     terminal: StoredEvent | None = None
     failure_reason: str | None = None
+    resumed_from: str | None = None
+    """Set when the saga was resumed: what its later events carry as ``replayof``."""
     version: int = 0
 
     @property

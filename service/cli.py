@@ -398,6 +398,15 @@ def _run(coro: Any) -> Any:
         raise _fail(str(exc)) from None
 
 
+def _register_extensions() -> None:
+    from service import replay_cli
+
+    replay_cli.register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     app()
 
