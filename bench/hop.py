@@ -206,24 +206,35 @@ class RabbitBench:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        channel = await self.admin.channel()
-        for name in self.queues:
-            await channel.queue_delete(name)
-        await channel.exchange_delete(self.exchange)
-        await self.admin.close()
+        try:
+            async with asyncio.timeout(30):
+                channel = await self.admin.channel()
+                for name in self.queues:
+                    await channel.queue_delete(name)
+                await channel.exchange_delete(self.exchange)
+                await channel.close()
+        finally:
+            # always: a robust connection left open swallows the cancellation asyncio.run
+            # sends at exit, and the process never ends
+            await self.admin.close()
 
     async def preload(self, queue: str, n: int) -> None:
         """Put ``n`` persistent input events straight into ``queue`` (and empty the sink)."""
         channel = await self.admin.channel(publisher_confirms=True)
-        await channel.declare_queue(queue, durable=True)
-        self.queues.add(queue)
-        await (await channel.get_queue(f"{self.exchange}.sink")).purge()
-        messages = [_message(env) for env in _inputs(n)]
-        for i in range(0, n, 500):
-            await asyncio.gather(
-                *(channel.default_exchange.publish(m, queue) for m in messages[i : i + 500])
-            )
-        await channel.close()
+        try:
+            await channel.declare_queue(queue, durable=True)
+            self.queues.add(queue)
+            await (await channel.get_queue(f"{self.exchange}.sink")).purge()
+            messages = [_message(env) for env in _inputs(n)]
+            for i in range(0, n, 500):
+                await asyncio.wait_for(
+                    asyncio.gather(
+                        *(channel.default_exchange.publish(m, queue) for m in messages[i : i + 500])
+                    ),
+                    60,
+                )
+        finally:
+            await channel.close()
 
     async def ours(self, n: int) -> Sample:
         from bus.rabbitmq import RabbitMQTransport

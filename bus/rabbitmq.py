@@ -177,8 +177,14 @@ class RabbitMQTransport:
         self._closed = False
         self._draining = False
         await self._connect()
-        for group in list(self._groups.values()):
-            await self._setup_group(group)
+        try:
+            for group in list(self._groups.values()):
+                await self._setup_group(group)
+        except BaseException:
+            # do not leave a robust connection behind: it would keep reconnecting, and it
+            # swallows the cancellation asyncio.run sends at exit
+            await self.close()
+            raise
         self._started = True
 
     async def close(self) -> None:
@@ -740,7 +746,7 @@ def _dead_letter_of(group: str, message: AbstractIncomingMessage) -> DeadLetter:
         reason=_text(headers.get(H_REASON)),
         error_class=_text(headers.get(H_ERROR_CLASS)),
         attempts=_int(headers.get(H_ATTEMPTS)),
-        time=_time(headers.get(H_DEAD_AT)) or message.timestamp or utcnow(),
+        time=_time(headers.get(H_DEAD_AT)) or _time(message.timestamp) or utcnow(),
         event_type=message.type or _text(headers.get(H_ROUTING_KEY)) or None,
         correlationid=message.correlation_id,
         headers={k: _text(v) for k, v in headers.items() if not _is_broker_death(k)},
@@ -765,10 +771,14 @@ def _int(value: Any) -> int:
 def _time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if value is None:
+        return None
     try:
-        return datetime.fromisoformat(_text(value))
+        parsed = datetime.fromisoformat(_text(value))
     except ValueError:
         return None
+    # sorted with the others: never naive
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _safe_url(url: str) -> str:

@@ -170,17 +170,21 @@ class Cluster:
             await conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         finally:
             await conn.close()
+        listed = subprocess.run(
+            ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        # every queue of this test's exchange: groups, their retry queues and dead letters
+        names = [n.strip() for n in listed.stdout.splitlines()
+                 if n.strip().startswith(f"{self.exchange}.")]
         connection = await aio_pika.connect(amqp_url())
         try:
             channel = await connection.channel()
-            for group in ("saga-coordinator", "event-store", "actor.language", "actor.vision",
-                          "actor.translation", "actor.responder", "actor.speech"):
-                base = f"{self.exchange}.{group}"
-                for name in (base, f"{base}.dlq"):
-                    try:
-                        await channel.queue_delete(name)
-                    except aio_pika.exceptions.ChannelClosed:
-                        channel = await connection.channel()
+            for name in names:
+                try:
+                    await channel.queue_delete(name)
+                except aio_pika.exceptions.ChannelClosed:
+                    channel = await connection.channel()
             await channel.exchange_delete(self.exchange)
         finally:
             await connection.close()
