@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import structlog
@@ -73,6 +76,29 @@ class Actor(ABC):
         return f"actor.{self.service}"
 
 
+@dataclass(slots=True)
+class Handling:
+    """What the runtime did with the request being handled, for a middleware to read once
+    ``call_next`` returns (telemetry: the provider call's timing, result and usage)."""
+
+    actor: Actor
+    result: Event | None = None
+    """The result payload: the actor's, or the classified ``StepFailed``."""
+    replayed: bool = False
+    """Answered from the inbox: the provider was not called (again)."""
+    started_ns: int = 0
+    """Wall-clock time (``time.time_ns()``) the provider call began; 0 if it was not called."""
+    ended_ns: int = 0
+
+
+_handling: ContextVar[Handling | None] = ContextVar("actor_handling", default=None)
+
+
+def current_handling() -> Handling | None:
+    """The request the actor runtime is handling in this task; None outside its handlers."""
+    return _handling.get()
+
+
 async def bind_log_context(envelope: Envelope, call_next: Handler) -> None:
     """Middleware: every log line written while handling carries the request's ids."""
     with structlog.contextvars.bound_contextvars(
@@ -129,19 +155,34 @@ class ActorRuntime:
         handler: Handler = handle
         for middleware in reversed(self.middleware):
             handler = _wrap(middleware, handler)
-        return handler
+        chain = handler
+
+        async def entry(envelope: Envelope) -> None:
+            token = _handling.set(Handling(actor))
+            try:
+                await chain(envelope)
+            finally:
+                _handling.reset(token)
+
+        return entry
 
     async def _handle(self, actor: Actor, envelope: Envelope) -> None:
         source = f"/ai-apps/actors/{actor.service}"
+        handling = _handling.get() or Handling(actor)
+        # one claim per delivery, not per process: two deliveries of one request to the same
+        # worker (a redelivery racing the original) must not both call the provider
+        owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         if self.inbox is not None:
-            recorded = await self._claim(envelope)
+            recorded = await self._claim(envelope, owner)
             if recorded is not None:
                 # a redelivery (a worker died after the call): answer again, do not pay again
                 log.info("redelivered request answered from the inbox", service=actor.service)
+                handling.replayed, handling.result = True, recorded.data
                 await self.transport.publish(recorded)
                 return
+        handling.started_ns = time.time_ns()
         try:
-            async with asyncio.timeout(actor.call_timeout), self._holding(envelope):
+            async with asyncio.timeout(actor.call_timeout), self._holding(envelope, owner):
                 result = await actor.perform(envelope.data)
         except ProviderError as exc:
             result = _failure(actor, envelope, exc)
@@ -153,6 +194,9 @@ class ActorRuntime:
                 message=f"{actor.service} did not answer within {actor.call_timeout:g}s",
                 retryable=True,
             )
+        finally:
+            handling.ended_ns = time.time_ns()
+        handling.result = result
         if isinstance(result, StepFailed):
             log.warning("step failed", service=actor.service, error_class=result.error_class,
                         error=result.message)
@@ -161,8 +205,7 @@ class ActorRuntime:
             await self.inbox.record_result(envelope.id, reply)
         await self.transport.publish(reply)
 
-
-    async def _claim(self, envelope: Envelope) -> Envelope | None:
+    async def _claim(self, envelope: Envelope, owner: str) -> Envelope | None:
         """Wait until this worker holds the request's claim (None) or its result is recorded
         (the result). A claim held by a live worker is renewed by it; a dead worker's claim
         runs out within ``claim_lease`` seconds and is taken over."""
@@ -171,12 +214,12 @@ class ActorRuntime:
             recorded = await self.inbox.recorded_result(envelope.id)
             if recorded is not None:
                 return recorded
-            if await self.inbox.claim_request(envelope.id, self.owner, self.claim_lease):
+            if await self.inbox.claim_request(envelope.id, owner, self.claim_lease):
                 return None
             await asyncio.sleep(min(0.5, self.claim_lease / 4))
 
     @contextlib.asynccontextmanager
-    async def _holding(self, envelope: Envelope) -> AsyncIterator[None]:
+    async def _holding(self, envelope: Envelope, owner: str) -> AsyncIterator[None]:
         """Renew the request's claim while the provider works (a long image generation)."""
         if self.inbox is None:
             yield
@@ -186,7 +229,7 @@ class ActorRuntime:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self.claim_lease / 3)
-                await inbox.claim_request(envelope.id, self.owner, self.claim_lease)
+                await inbox.claim_request(envelope.id, owner, self.claim_lease)
 
         task = asyncio.create_task(renew())
         try:
