@@ -125,6 +125,8 @@ class ActorRuntime:
         self.inbox = inbox
         self.claim_lease = claim_lease
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.waiting_on_claims = 0
+        """Deliveries waiting for another delivery of the same request to finish."""
         self.actors = list(actors)
         self.middleware = tuple(middleware)
         self.concurrency = concurrency
@@ -216,7 +218,11 @@ class ActorRuntime:
                 return recorded
             if await self.inbox.claim_request(envelope.id, owner, self.claim_lease):
                 return None
-            await asyncio.sleep(min(0.5, self.claim_lease / 4))
+            self.waiting_on_claims += 1
+            try:
+                await asyncio.sleep(min(0.5, self.claim_lease / 4))
+            finally:
+                self.waiting_on_claims -= 1
 
     @contextlib.asynccontextmanager
     async def _holding(self, envelope: Envelope, owner: str) -> AsyncIterator[None]:

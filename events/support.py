@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import Field
@@ -175,6 +176,16 @@ class StepFailed(Event):
 # -- the terminal events ---------------------------------------------------------------------
 
 
+class Cost(Value):
+    """What a request's AI calls cost, by step, with the price table they were priced by."""
+
+    total: Decimal
+    currency: str = "USD"
+    by_step: dict[str, Decimal] = Field(default_factory=dict)
+    price_table: str = Field(description="The version of the price table used.")
+
+
+
 @event
 class ResponseReady(Event):
     """The support workflow's answer to the customer. Exactly one terminal event per inquiry."""
@@ -191,6 +202,7 @@ class ResponseReady(Event):
     )
     sources: tuple[Source, ...] = ()
     notices: tuple[str, ...] = ()
+    cost: Cost | None = None
 
 
 @event
@@ -202,3 +214,4 @@ class InquiryFailed(Event):
     failed_step: str | None = None
     degraded: tuple[str, ...] = ()
     processing_time_ms: float = Field(default=0, ge=0)
+    cost: Cost | None = None

@@ -273,13 +273,25 @@ def list_sagas(
 
 
 async def _serve(svc: Service) -> None:
+    """Run a role until SIGTERM or SIGINT, then stop gracefully: the consumers stop taking
+    messages, the handlers in flight finish (for up to the transport's grace; the messages of
+    any still running go back to the broker), the connections close, and the process exits 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     async with svc:
         err.print("running; SIGTERM or Ctrl-C stops after in-flight messages finish")
         await stop.wait()
+        err.print(f"{received[0]}: stopping; finishing the messages in flight")
+        stopping = loop.time()
+    err.print(f"stopped in {loop.time() - stopping:.1f}s")
 
 
 @app.command()
@@ -399,9 +411,10 @@ def _run(coro: Any) -> Any:
 
 
 def _register_extensions() -> None:
-    from service import replay_cli
+    from service import replay_cli, workflow_cli
 
     replay_cli.register(app)
+    workflow_cli.register(app)
 
 
 _register_extensions()

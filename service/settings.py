@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from saga.cost import PriceTable
 from service.provider_settings import AzureProviderSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ class ProviderSettings(BaseModel):
     translation: ProviderFamily = "local"
     responder: ProviderFamily = "local"
     speech: ProviderFamily = "local"
+    imagegen: ProviderFamily = "local"
 
 
 class Settings(BaseSettings):
@@ -62,7 +64,17 @@ class Settings(BaseSettings):
         description="Languages the local language detector chooses between.",
     )
 
+    pricing: PriceTable = Field(
+        default_factory=PriceTable,
+        description="The versioned price table AI usage is costed with (AIAPPS_PRICING as JSON).",
+    )
     escalation_threshold: float = Field(default=0.5, ge=0, le=1)
+    fanout_limit: int = Field(
+        default=4, ge=1, description="Branches of one fanned-out step in flight at once."
+    )
+    budget_service: str | None = Field(
+        default=None, description="Service that reserves campaign budgets (none yet: off)."
+    )
     step_timeouts: dict[str, float] = Field(
         default_factory=dict, description="Per-step timeout overrides in seconds, by step name."
     )

@@ -79,7 +79,9 @@ class FakeService(Service):
                 await asyncio.sleep(0.001)
 
     def _hanging(self) -> int:
-        return sum(b.hanging for b in self.fakes.behaviours().values())
+        # a duplicate delivery waiting for the claim of a hung call is as stuck as the call
+        hung = sum(b.hanging for b in self.fakes.behaviours().values())
+        return hung + (self.runtime.waiting_on_claims if hung else 0)
 
     async def advance(self, seconds: float) -> int:
         """Move the clock, fire the timers now due, and settle. Returns timers fired."""

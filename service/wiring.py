@@ -12,6 +12,13 @@ from types import TracebackType
 from typing import Any
 
 from actors.blobstore import FileBlobStore
+from actors.creative import (
+    CREATIVE_SERVICES,
+    AssetActor,
+    BrandComplianceActor,
+    ImageGenerationActor,
+    InspectionActor,
+)
 from actors.runtime import Actor, ActorRuntime
 from actors.services import (
     SERVICES,
@@ -23,8 +30,10 @@ from actors.services import (
 )
 from bus.base import RetryPolicy, Transport
 from bus.memory import InMemoryTransport
+from events.campaign import CampaignCancelled, CampaignFailed, CampaignReady
 from events.envelope import Envelope
 from events.errors import AiAppsError
+from events.quality import InspectionFailed, InspectionReported
 from events.support import InquiryFailed, InquiryReceived, ResponseReady
 from saga.breaker import BreakerPolicy, BreakerRegistry
 from saga.clock import Clock
@@ -34,11 +43,18 @@ from saga.recorder import RECORDER_GROUP, EventRecorder
 from saga.sqlite_store import SqliteSagaStore
 from saga.store import SagaStore
 from saga.workflow import StepRetry
+from saga.workflows.campaign import campaign_workflow
+from saga.workflows.quality import quality_workflow
 from saga.workflows.support import support_workflow
 from service.settings import Settings
 
-TERMINAL_TYPES = (ResponseReady.event_type, InquiryFailed.event_type)
-KNOWN_GROUPS = (COORDINATOR_GROUP, RECORDER_GROUP, *(f"actor.{s}" for s in SERVICES))
+TERMINAL_TYPES = tuple(t.event_type for t in (
+    ResponseReady, InquiryFailed, CampaignReady, CampaignFailed, CampaignCancelled,
+    InspectionReported, InspectionFailed,
+))
+ALL_SERVICES: dict[str, type[Actor]] = {**SERVICES, **CREATIVE_SERVICES}
+"""Every actor by service name: the support capabilities and the creative ones."""
+KNOWN_GROUPS = (COORDINATOR_GROUP, RECORDER_GROUP, *(f"actor.{s}" for s in ALL_SERVICES))
 """The subscriber groups of a deployment, whose dead letters ``ai-apps dlq`` looks at."""
 
 
@@ -101,17 +117,35 @@ def make_actors(
 ) -> list[Actor]:
     """The actors of ``services`` (all by default), each with the provider chosen for it.
     ``overrides`` maps a service to a ready provider object (tests pass fakes this way)."""
-    chosen = list(services) if services is not None else list(SERVICES)
-    unknown = [s for s in chosen if s not in SERVICES]
+    chosen = list(services) if services is not None else list(ALL_SERVICES)
+    unknown = [s for s in chosen if s not in ALL_SERVICES]
     if unknown:
-        raise ConfigurationError(f"unknown actors {unknown}; choose from {sorted(SERVICES)}")
+        raise ConfigurationError(f"unknown actors {unknown}; choose from {sorted(ALL_SERVICES)}")
     overrides = overrides or {}
     from actors.providers import fake
 
+    built: dict[str, Any] = {}
+
     def provider(service: str) -> Any:
+        # one provider per capability, shared by the actors that use it (one OCR engine)
+        if service not in built:
+            built[service] = new_provider(service)
+        return built[service]
+
+    def new_provider(service: str) -> Any:
         if service in overrides:
             return overrides[service]
         family = getattr(settings.providers, service)
+        if service == "imagegen":
+            if family == "fake":
+                from actors.providers.fake_imagegen import FakeImageGenerator
+
+                return FakeImageGenerator()
+            if family == "azure":
+                from service.provider_settings import build_image_generator
+
+                return build_image_generator(settings.azure)
+            return _local("imagegen", "CardImageGenerator")()
         if family == "fake":
             made = {
                 "language": fake.FakeLanguageDetector, "vision": fake.FakeImageAnalyzer,
@@ -157,22 +191,39 @@ def make_actors(
             actors.append(ResponderActor(provider(service)))
         elif service == "speech":
             actors.append(SpeechActor(provider(service), blobs))
+        elif service == "imagegen":
+            actors.append(ImageGenerationActor(provider(service), blobs))
+        elif service == "assets":
+            actors.append(AssetActor(blobs))
+        elif service == "compliance":
+            actors.append(BrandComplianceActor(provider("vision"), blobs))
+        elif service == "inspection":
+            actors.append(InspectionActor(provider("vision"), blobs))
     return actors
 
 
 def make_coordinator(
     settings: Settings, transport: Transport, store: SagaStore, clock: Clock | None = None
 ) -> SagaCoordinator:
-    workflow = support_workflow(
-        escalation_threshold=settings.escalation_threshold,
-        timeouts=settings.step_timeouts,
-        retry=StepRetry(max_attempts=settings.step_max_attempts),
-    )
+    retry = StepRetry(max_attempts=settings.step_max_attempts)
+    workflows = [
+        support_workflow(
+            escalation_threshold=settings.escalation_threshold, timeouts=settings.step_timeouts,
+            retry=retry, pricing=settings.pricing,
+        ),
+        campaign_workflow(
+            fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry,
+            budget_service=settings.budget_service,
+        ),
+        quality_workflow(
+            fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry
+        ),
+    ]
     breakers = BreakerRegistry(
         BreakerPolicy(settings.breaker_failure_threshold, settings.breaker_cooldown)
     )
     return SagaCoordinator(
-        transport, store, [workflow], clock=clock, breakers=breakers,
+        transport, store, workflows, clock=clock, breakers=breakers,
         timer_interval=settings.timer_interval, outbox_interval=settings.outbox_interval,
     )
 

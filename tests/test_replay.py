@@ -96,7 +96,8 @@ class TestDeterministicReplay:
         assert diff.original.outcome == "succeeded"
         assert diff.replayed is not None
         assert diff.replayed.outcome == "skipped"
-        assert set(report.terminal_differences) == {"voice", "notices"}
+        # the voice reply, its notice, and its cost (a skipped step is not priced) follow from it
+        assert set(report.terminal_differences) == {"voice", "notices", "cost"}
 
     async def test_what_if_override_reruns_one_step(self, svc: FakeService) -> None:
         """An override answers one step anew; the others reuse the recording; the outputs

@@ -11,6 +11,7 @@ from __future__ import annotations
 from events.common import ProviderInfo
 from events.support import (
     AnalyzeImageRequested,
+    Cost,
     DetectLanguageRequested,
     GenerateResponseRequested,
     ImageAnalyzed,
@@ -25,6 +26,7 @@ from events.support import (
     TextTranslated,
     TranslateTextRequested,
 )
+from saga.cost import PriceTable, step_costs, total
 from saga.state import StepStatus
 from saga.workflow import SagaView, Step, StepRetry, Workflow
 
@@ -155,14 +157,23 @@ def _notices(v: SagaView) -> tuple[str, ...]:
     return tuple(notes)
 
 
+def _cost(v: SagaView, pricing: PriceTable) -> Cost:
+    by_step = step_costs(v.state, pricing)
+    return Cost(total=total(by_step.values()), currency=pricing.currency, by_step=by_step,
+                price_table=pricing.version)
+
+
 def support_workflow(
     *,
     escalation_threshold: float = 0.5,
     timeouts: dict[str, float] | None = None,
     retry: StepRetry | None = None,
+    pricing: PriceTable | None = None,
 ) -> Workflow:
     """The support workflow. ``escalation_threshold``: a reply whose confidence is below it is
-    flagged for a human. ``timeouts`` overrides per-step timeouts (seconds) by step name."""
+    flagged for a human. ``timeouts`` overrides per-step timeouts (seconds) by step name.
+    ``pricing`` prices each step's usage; the total is on the terminal event."""
+    prices = pricing or PriceTable()
     t = {
         "analyze_image": 60.0, "detect_language": 15.0, "translate_in": 30.0, "respond": 60.0,
         "translate_out": 30.0, "synthesize_voice": 60.0, **(timeouts or {}),
@@ -185,12 +196,13 @@ def support_workflow(
             degraded=v.state.degraded,
             sources=answer.sources if answer else (),
             notices=_notices(v),
+            cost=_cost(v, prices),
         )
 
     def fail(v: SagaView, reason: str, step: str | None) -> InquiryFailed:
         return InquiryFailed(
             inquiry_id=_inquiry(v).inquiry_id, reason=reason, failed_step=step,
-            degraded=v.state.degraded, processing_time_ms=_elapsed_ms(v),
+            degraded=v.state.degraded, processing_time_ms=_elapsed_ms(v), cost=_cost(v, prices),
         )
 
     steps = (
