@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 
 from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
-from saga.store import ConcurrencyError, Timer
+from saga.store import ApiKey, ConcurrencyError, IdempotencyRecord, StoreError, Timer
 
 
 class InMemorySagaStore:
@@ -23,6 +23,10 @@ class InMemorySagaStore:
         self._inbox: dict[str, bytes] = {}
         self._claims: dict[str, tuple[str, float]] = {}
         self._timer_leases: dict[str, float] = {}
+        # the event store as a feed: (seq, event id, tenant, type, correlation id), seq order
+        self._feed: list[tuple[int, str, str, str, str]] = []
+        self._api_keys: dict[str, ApiKey] = {}
+        self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
 
     async def open(self) -> None:
         return None
@@ -94,6 +98,9 @@ class InMemorySagaStore:
                 continue
             self._events[env.id] = encode(env)
             self._by_correlation.setdefault(env.correlationid, []).append(env.id)
+            self._feed.append(
+                (len(self._feed) + 1, env.id, env.tenant, env.type, env.correlationid)
+            )
 
     async def events(self, correlationid: str) -> list[Envelope]:
         return [decode(self._events[i]) for i in self._by_correlation.get(correlationid, [])]
@@ -121,6 +128,67 @@ class InMemorySagaStore:
     async def record_result(self, request_id: str, result: Envelope) -> None:
         self._inbox.setdefault(request_id, encode(result))
         self._claims.pop(request_id, None)
+
+    async def events_since(
+        self,
+        seq: int,
+        tenant: str,
+        types: Collection[str] = (),
+        limit: int = 100,
+        *,
+        correlationid: str | None = None,
+    ) -> list[tuple[int, Envelope]]:
+        wanted = set(types)
+        found: list[tuple[int, Envelope]] = []
+        for n, eid, ten, typ, cid in self._feed[max(seq, 0):]:
+            if len(found) >= limit:
+                break
+            if ten != tenant or (wanted and typ not in wanted):
+                continue
+            if correlationid is not None and cid != correlationid:
+                continue
+            found.append((n, decode(self._events[eid])))
+        return found
+
+    async def last_event_seq(self) -> int:
+        return len(self._feed)
+
+    async def put_api_key(
+        self, key_id: str, tenant: str, key_hash: str, created_at: datetime
+    ) -> None:
+        if key_id in self._api_keys:
+            raise StoreError(f"API key id {key_id!r} is already taken")
+        self._api_keys[key_id] = ApiKey(key_id, tenant, key_hash, created_at.astimezone(UTC))
+
+    async def find_api_key(self, key_id: str) -> ApiKey | None:
+        return self._api_keys.get(key_id)
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        keys = [k for k in self._api_keys.values() if tenant is None or k.tenant == tenant]
+        return sorted(keys, key=lambda k: (k.created_at, k.key_id))
+
+    async def revoke_api_key(self, key_id: str, revoked_at: datetime) -> bool:
+        key = self._api_keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            return False
+        self._api_keys[key_id] = ApiKey(
+            key.key_id, key.tenant, key.key_hash, key.created_at, revoked_at.astimezone(UTC)
+        )
+        return True
+
+    async def remember_idempotency(
+        self, tenant: str, key: str, request_hash: str, inquiry_id: str
+    ) -> IdempotencyRecord | None:
+        existing = self._idempotency.get((tenant, key))
+        if existing is not None:
+            return existing
+        self._idempotency[(tenant, key)] = IdempotencyRecord(
+            tenant, key, request_hash, inquiry_id, datetime.now(UTC)
+        )
+        return None
+
+    async def forget_idempotency(self, tenant: str, key: str) -> None:
+        self._idempotency.pop((tenant, key), None)
 
     def timers(self) -> list[Timer]:
         """Every timer not yet fired (for tests)."""

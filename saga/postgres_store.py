@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,13 +52,17 @@ import asyncpg
 
 from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
-from saga.store import ConcurrencyError, StoreError, Timer
+from saga.store import ApiKey, ConcurrencyError, IdempotencyRecord, StoreError, Timer
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 # The first key of the two-key advisory lock taken around DDL; the second is the schema's
 # hash, so stores of different schemas do not wait for each other.
 _DDL_LOCK_KEY = 0x41_49_41_50  # "AIAP"
+
+# The first key of the advisory lock every append to the event store holds until it commits,
+# so that sequence numbers become visible in the order they were drawn (see append_events).
+_EVENTS_LOCK_KEY = 0x41_49_45_56  # "AIEV"
 
 _SCHEMA_DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -110,6 +114,22 @@ CREATE TABLE IF NOT EXISTS {s}.inbox (
     claimed_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
     body BYTEA,
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS events_tenant ON {s}.events (tenant, seq);
+CREATE TABLE IF NOT EXISTS {s}.api_keys (
+    key_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    revoked_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
+    tenant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    inquiry_id TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant, key)
 );
 """
 
@@ -195,7 +215,7 @@ class PostgresSagaStore:
         # mistakes a dead predecessor's leases for its own
         self._lease_owner = uuid.uuid4().hex
         self._pool: Any = None
-        self._sql = _Statements(f'"{schema}"')
+        self._sql = _Statements(f'"{schema}"', schema)
 
     def __repr__(self) -> str:
         return f"PostgresSagaStore({redact(self.url)!r}, schema={self.schema!r})"
@@ -368,6 +388,10 @@ class PostgresSagaStore:
     # -- event store and inbox -------------------------------------------------------------
 
     async def append_events(self, envelopes: Sequence[Envelope]) -> None:
+        """Append idempotently. Each append holds a transaction-scoped advisory lock (per
+        schema) from before it draws its sequence numbers until it commits, so appends commit
+        in sequence order and a reader of :meth:`events_since` never sees a number before a
+        lower one that is still to commit (which it would then skip for good)."""
         if not envelopes:
             return
         async with self._connection("append_events") as conn:
@@ -382,6 +406,74 @@ class PostgresSagaStore:
         async with self._connection("events") as conn:
             rows = await conn.fetch(self._sql.events, correlationid)
         return [decode(r["body"]) for r in rows]
+
+    async def events_since(
+        self,
+        seq: int,
+        tenant: str,
+        types: Collection[str] = (),
+        limit: int = 100,
+        *,
+        correlationid: str | None = None,
+    ) -> list[tuple[int, Envelope]]:
+        async with self._connection("events_since") as conn:
+            rows = await conn.fetch(
+                self._sql.events_since, tenant, int(seq), sorted(set(types)), correlationid,
+                int(limit),
+            )
+        return [(int(r["seq"]), decode(r["body"])) for r in rows]
+
+    async def last_event_seq(self) -> int:
+        async with self._connection("last_event_seq") as conn:
+            value = await conn.fetchval(self._sql.last_event_seq)
+        return int(value) if value is not None else 0
+
+    # -- API keys and idempotency keys -----------------------------------------------------
+
+    async def put_api_key(
+        self, key_id: str, tenant: str, key_hash: str, created_at: datetime
+    ) -> None:
+        async with self._connection("put_api_key") as conn:
+            stored = await conn.fetchval(
+                self._sql.put_api_key, key_id, tenant, key_hash, created_at
+            )
+        if stored is None:
+            raise StoreError(f"API key id {key_id!r} is already taken")
+
+    async def find_api_key(self, key_id: str) -> ApiKey | None:
+        async with self._connection("find_api_key") as conn:
+            row = await conn.fetchrow(self._sql.find_api_key, key_id)
+        return _api_key(row) if row is not None else None
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        async with self._connection("list_api_keys") as conn:
+            rows = await conn.fetch(self._sql.list_api_keys, tenant)
+        return [_api_key(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, revoked_at: datetime) -> bool:
+        async with self._connection("revoke_api_key") as conn:
+            revoked = await conn.fetchval(self._sql.revoke_api_key, key_id, revoked_at)
+        return revoked is not None
+
+    async def remember_idempotency(
+        self, tenant: str, key: str, request_hash: str, inquiry_id: str
+    ) -> IdempotencyRecord | None:
+        async with self._connection("remember_idempotency") as conn:
+            inserted = await conn.fetchval(
+                self._sql.remember_idempotency, tenant, key, request_hash, inquiry_id
+            )
+            if inserted is not None:
+                return None
+            row = await conn.fetchrow(self._sql.find_idempotency, tenant, key)
+        if row is None:  # forgotten in between: the caller may simply retry
+            raise TransientStoreError(f"idempotency key {key!r} vanished while being read")
+        return IdempotencyRecord(
+            tenant, key, row["request_hash"], row["inquiry_id"], row["created_at"]
+        )
+
+    async def forget_idempotency(self, tenant: str, key: str) -> None:
+        async with self._connection("forget_idempotency") as conn:
+            await conn.execute(self._sql.forget_idempotency, tenant, key)
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
         async with self._connection("recorded_result") as conn:
@@ -405,11 +497,18 @@ def _timer(row: Any) -> Timer:
     )
 
 
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(
+        key_id=row["key_id"], tenant=row["tenant"], key_hash=row["key_hash"],
+        created_at=row["created_at"], revoked_at=row["revoked_at"],
+    )
+
+
 class _Statements:
     """Every statement, with the schema filled in once (it is an identifier, so it cannot be
     a bind parameter; it is validated in the store's constructor)."""
 
-    def __init__(self, s: str) -> None:
+    def __init__(self, s: str, name: str = "aiapps") -> None:
         self.s = s
         self.load = f"SELECT state FROM {s}.sagas WHERE id = $1"
         self.insert_saga = (
@@ -468,14 +567,50 @@ class _Statements:
             " * interval '1 second' FROM picked WHERE t.id = picked.id"
             f" RETURNING {', '.join('t.' + c for c in _TIMER_COLUMNS.split(', '))}"
         )
+        # the lock CTE is joined in, so it is taken before any row draws its seq; it is held
+        # until the statement's implicit transaction commits ("name" is a plain identifier,
+        # checked by the store, so it is safe as a literal)
         self.append_events = (
-            f"INSERT INTO {s}.events (id, correlation_id, tenant, type, time, body)"
-            " SELECT e.id, e.cid, e.tenant, e.type, e.time, e.body FROM unnest($1::text[],"
+            f"WITH appending AS (SELECT pg_advisory_xact_lock({_EVENTS_LOCK_KEY},"
+            f" hashtext('{name}')))"
+            f" INSERT INTO {s}.events (id, correlation_id, tenant, type, time, body)"
+            " SELECT e.id, e.cid, e.tenant, e.type, e.time, e.body FROM appending, unnest($1::text[],"
             " $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[])"
             " WITH ORDINALITY AS e(id, cid, tenant, type, time, body, n) ORDER BY e.n"
             " ON CONFLICT (id) DO NOTHING"
         )
         self.events = f"SELECT body FROM {s}.events WHERE correlation_id = $1 ORDER BY seq"
+        self.events_since = (
+            f"SELECT seq, body FROM {s}.events WHERE tenant = $1 AND seq > $2"
+            " AND (cardinality($3::text[]) = 0 OR type = ANY($3::text[]))"
+            " AND ($4::text IS NULL OR correlation_id = $4::text) ORDER BY seq LIMIT $5"
+        )
+        self.last_event_seq = f"SELECT max(seq) FROM {s}.events"
+        self.put_api_key = (
+            f"INSERT INTO {s}.api_keys (key_id, tenant, key_hash, created_at)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING RETURNING key_id"
+        )
+        _key_columns = "key_id, tenant, key_hash, created_at, revoked_at"
+        self.find_api_key = f"SELECT {_key_columns} FROM {s}.api_keys WHERE key_id = $1"
+        self.list_api_keys = (
+            f"SELECT {_key_columns} FROM {s}.api_keys WHERE ($1::text IS NULL OR tenant = $1)"
+            " ORDER BY created_at, key_id"
+        )
+        self.revoke_api_key = (
+            f"UPDATE {s}.api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL"
+            " RETURNING key_id"
+        )
+        self.remember_idempotency = (
+            f"INSERT INTO {s}.idempotency_keys (tenant, key, request_hash, inquiry_id)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, key) DO NOTHING RETURNING inquiry_id"
+        )
+        self.find_idempotency = (
+            f"SELECT request_hash, inquiry_id, created_at FROM {s}.idempotency_keys"
+            " WHERE tenant = $1 AND key = $2"
+        )
+        self.forget_idempotency = (
+            f"DELETE FROM {s}.idempotency_keys WHERE tenant = $1 AND key = $2"
+        )
         self.recorded_result = (
             f"SELECT body FROM {s}.inbox WHERE request_id = $1 AND body IS NOT NULL"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import aiosqlite
 
 from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
-from saga.store import ConcurrencyError, StoreError, Timer
+from saga.store import ApiKey, ConcurrencyError, IdempotencyRecord, StoreError, Timer
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -63,12 +63,40 @@ CREATE TABLE IF NOT EXISTS inbox (
     claimed_until REAL NOT NULL DEFAULT 0,
     body BLOB
 );
+CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, seq);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    inquiry_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
 """
 
 
 def _ts(value: datetime) -> str:
     # one fixed-width UTC form, so that text order is time order
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _from_ts(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _api_key(row: Sequence[object]) -> ApiKey:
+    return ApiKey(
+        key_id=str(row[0]), tenant=str(row[1]), key_hash=str(row[2]),
+        created_at=_from_ts(str(row[3])),
+        revoked_at=_from_ts(str(row[4])) if row[4] is not None else None,
+    )
 
 
 class SqliteSagaStore:
@@ -266,5 +294,103 @@ class SqliteSagaStore:
                 "INSERT INTO inbox (request_id, body) VALUES (?, ?) ON CONFLICT (request_id) "
                 "DO UPDATE SET body = excluded.body, owner = NULL WHERE inbox.body IS NULL",
                 (request_id, encode(result)),
+            )
+            await self.db.commit()
+
+    async def events_since(
+        self,
+        seq: int,
+        tenant: str,
+        types: Collection[str] = (),
+        limit: int = 100,
+        *,
+        correlationid: str | None = None,
+    ) -> list[tuple[int, Envelope]]:
+        query = "SELECT seq, body FROM events WHERE tenant = ? AND seq > ?"
+        params: list[object] = [tenant, seq]
+        wanted = sorted(set(types))
+        if wanted:
+            query += f" AND type IN ({', '.join('?' for _ in wanted)})"
+            params.extend(wanted)
+        if correlationid is not None:
+            query += " AND correlation_id = ?"
+            params.append(correlationid)
+        query += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        # under the writers' lock: this connection must not read another coroutine's
+        # appends before they commit
+        async with self._lock, self.db.execute(query, params) as cur:
+            rows = await cur.fetchall()
+        return [(int(r[0]), decode(r[1])) for r in rows]
+
+    async def last_event_seq(self) -> int:
+        async with self._lock, self.db.execute("SELECT max(seq) FROM events") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def put_api_key(
+        self, key_id: str, tenant: str, key_hash: str, created_at: datetime
+    ) -> None:
+        async with self._lock:
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO api_keys (key_id, tenant, key_hash, created_at)"
+                " VALUES (?, ?, ?, ?)", (key_id, tenant, key_hash, _ts(created_at)),
+            )
+            await self.db.commit()
+        if cur.rowcount != 1:
+            raise StoreError(f"API key id {key_id!r} is already taken")
+
+    async def find_api_key(self, key_id: str) -> ApiKey | None:
+        async with self.db.execute(
+            "SELECT key_id, tenant, key_hash, created_at, revoked_at FROM api_keys"
+            " WHERE key_id = ?", (key_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return _api_key(row) if row else None
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        query = "SELECT key_id, tenant, key_hash, created_at, revoked_at FROM api_keys"
+        params: tuple[object, ...] = ()
+        if tenant is not None:
+            query += " WHERE tenant = ?"
+            params = (tenant,)
+        async with self.db.execute(query + " ORDER BY created_at, key_id", params) as cur:
+            rows = await cur.fetchall()
+        return [_api_key(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, revoked_at: datetime) -> bool:
+        async with self._lock:
+            cur = await self.db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (_ts(revoked_at), key_id),
+            )
+            await self.db.commit()
+        return cur.rowcount == 1
+
+    async def remember_idempotency(
+        self, tenant: str, key: str, request_hash: str, inquiry_id: str
+    ) -> IdempotencyRecord | None:
+        async with self._lock:
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO idempotency_keys"
+                " (tenant, key, request_hash, inquiry_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                (tenant, key, request_hash, inquiry_id, _ts(datetime.now(UTC))),
+            )
+            await self.db.commit()
+            if cur.rowcount == 1:
+                return None
+            async with self.db.execute(
+                "SELECT request_hash, inquiry_id, created_at FROM idempotency_keys"
+                " WHERE tenant = ? AND key = ?", (tenant, key),
+            ) as found:
+                row = await found.fetchone()
+        if row is None:  # forgotten in between by another process: treat as new next time
+            raise StoreError(f"idempotency key {key!r} vanished while being read; retry")
+        return IdempotencyRecord(tenant, key, str(row[0]), str(row[1]), _from_ts(str(row[2])))
+
+    async def forget_idempotency(self, tenant: str, key: str) -> None:
+        async with self._lock:
+            await self.db.execute(
+                "DELETE FROM idempotency_keys WHERE tenant = ? AND key = ?", (tenant, key)
             )
             await self.db.commit()

@@ -3,7 +3,7 @@ and the event store, all committed together."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -41,6 +41,32 @@ class Timer:
     kind: TimerKind
     due_at: datetime
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key of one tenant, as stored: only the SHA-256 of the secret token is kept."""
+
+    key_id: str
+    tenant: str
+    key_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The request an ``Idempotency-Key`` was first used with, and the inquiry it started."""
+
+    tenant: str
+    key: str
+    request_hash: str
+    inquiry_id: str
+    created_at: datetime
 
 
 @runtime_checkable
@@ -109,4 +135,57 @@ class SagaStore(Protocol):
 
     async def record_result(self, request_id: str, result: Envelope) -> None:
         """Remember the result produced for ``request_id``; the first record wins."""
+        ...
+
+    # -- the event store as a feed (the HTTP gateway's response streams) ------------------
+
+    async def events_since(
+        self,
+        seq: int,
+        tenant: str,
+        types: Collection[str] = (),
+        limit: int = 100,
+        *,
+        correlationid: str | None = None,
+    ) -> list[tuple[int, Envelope]]:
+        """Stored events of ``tenant`` with a store sequence number above ``seq``, lowest
+        first, at most ``limit``; only of ``types`` when given, only of one request when
+        ``correlationid`` is given. Sequence numbers grow in the order events become visible
+        to readers, so a reader that resumes from the last number it saw misses nothing."""
+        ...
+
+    async def last_event_seq(self) -> int:
+        """The highest sequence number in the event store (0 when it is empty)."""
+        ...
+
+    # -- API keys and idempotency keys (the HTTP gateway) ----------------------------------
+
+    async def put_api_key(
+        self, key_id: str, tenant: str, key_hash: str, created_at: datetime
+    ) -> None:
+        """Store a new API key (its hash only). Raises :class:`StoreError` if ``key_id`` is
+        taken."""
+        ...
+
+    async def find_api_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every API key (of ``tenant`` when given), oldest first, revoked ones included."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, revoked_at: datetime) -> bool:
+        """Revoke a key; True if it existed and was active."""
+        ...
+
+    async def remember_idempotency(
+        self, tenant: str, key: str, request_hash: str, inquiry_id: str
+    ) -> IdempotencyRecord | None:
+        """Remember that ``tenant`` used idempotency ``key`` for the request hashed
+        ``request_hash``, which started ``inquiry_id``: None if the key is new (and is now
+        remembered), else the record of its first use, unchanged. Exactly one of concurrent
+        callers with a new key gets None."""
+        ...
+
+    async def forget_idempotency(self, tenant: str, key: str) -> None:
+        """Forget a key (its request could not be carried out, so a retry may try again)."""
         ...

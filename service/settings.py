@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from saga.cost import PriceTable
+from service.gateway.settings import GatewaySettings
 from service.provider_settings import AzureProviderSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
         description="Folder of Markdown support articles the responder answers from.",
     )
     providers: ProviderSettings = ProviderSettings()
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings,
+        description="The HTTP gateway (ai-apps serve): AIAPPS_GATEWAY__PORT, __HOST, …",
+    )
     azure: AzureProviderSettings = Field(
         default_factory=AzureProviderSettings,
         description="Azure AI and OpenAI-compatible endpoints (AIAPPS_AZURE__TRANSLATOR__KEY, …).",
@@ -89,6 +94,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0,
         description="Seconds a worker's claim on a request lasts unless renewed (it renews "
         "every third of it while working); a dead worker's requests wait this long.",
+    )
+    shutdown_grace: float = Field(
+        default=30.0, gt=0,
+        description="Seconds a stopping role lets in-flight handlers finish before returning "
+        "their messages; keep Kubernetes' terminationGracePeriodSeconds above it.",
     )
     timer_interval: float = Field(default=0.2, gt=0, description="Seconds between timer scans.")
     outbox_interval: float = Field(

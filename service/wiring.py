@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +49,7 @@ from saga.workflows.quality import quality_workflow
 from saga.workflows.support import support_workflow
 from service.settings import Settings
 
+FINISHED_KEPT = 10_000
 TERMINAL_TYPES = tuple(t.event_type for t in (
     ResponseReady, InquiryFailed, CampaignReady, CampaignFailed, CampaignCancelled,
     InspectionReported, InspectionFailed,
@@ -83,9 +85,18 @@ def make_transport(settings: Settings) -> Transport:
         transport: Transport = module.RabbitMQTransport(
             url, retry=retry, prefetch=settings.concurrency, exchange=settings.bus_exchange,
             queue_type=settings.bus_queue_type, known_groups=KNOWN_GROUPS,
+            grace=settings.shutdown_grace,
         )
         return transport
-    raise ConfigurationError(f"AIAPPS_BUS={url!r}: use memory:// or amqp://user:pass@host/")
+    if url.startswith(("Endpoint=sb://", "endpoint=sb://", "sb://")):
+        _require("bus.servicebus", "servicebus")
+        from service.servicebus_cli import transport_from_settings
+
+        return transport_from_settings(settings)
+    raise ConfigurationError(
+        "AIAPPS_BUS: use memory://, amqp://user:pass@host/, a Service Bus connection string "
+        "(Endpoint=sb://…) or a namespace (sb://NAME.servicebus.windows.net/)"
+    )
 
 
 def make_store(settings: Settings) -> SagaStore:
@@ -264,7 +275,9 @@ class Service:
             claim_lease=self.settings.claim_lease,
         )
         self._waiters: dict[str, asyncio.Future[Envelope]] = {}
-        self._finished: dict[str, Envelope] = {}
+        # terminal events seen, for a wait() that comes after the answer; bounded, as a
+        # long-running gateway sees every answer of the deployment
+        self._finished: OrderedDict[str, Envelope] = OrderedDict()
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -300,7 +313,6 @@ class Service:
         envelope = Envelope.new(
             inquiry, correlationid=inquiry.inquiry_id, tenant=tenant, source="/ai-apps/cli"
         )
-        self._waiter(inquiry.inquiry_id)
         await self.transport.publish(envelope)
         return envelope
 
@@ -308,8 +320,13 @@ class Service:
         """The terminal event (``ResponseReady`` or ``InquiryFailed``) of an inquiry."""
         if inquiry_id in self._finished:
             return self._finished[inquiry_id]
-        async with asyncio.timeout(timeout):
-            return await asyncio.shield(self._waiter(inquiry_id))
+        waiter = self._waiter(inquiry_id)
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            self._waiters.pop(inquiry_id, None)
+            raise
 
     def _waiter(self, inquiry_id: str) -> asyncio.Future[Envelope]:
         fut = self._waiters.get(inquiry_id)
@@ -319,6 +336,8 @@ class Service:
 
     async def _on_terminal(self, envelope: Envelope) -> None:
         self._finished[envelope.correlationid] = envelope
+        while len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
         fut = self._waiters.pop(envelope.correlationid, None)
         if fut is not None and not fut.done():
             fut.set_result(envelope)

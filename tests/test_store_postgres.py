@@ -27,7 +27,7 @@ from actors.providers.fake import FakeProviders
 from actors.runtime import ActorRuntime
 from bus.base import RetryPolicy
 from bus.memory import InMemoryTransport
-from events import Envelope, InquiryFailed, ResponseReady
+from events import Envelope, InquiryFailed, ResponseReady, encode
 from saga.breaker import BreakerPolicy, BreakerRegistry
 from saga.clock import ManualClock
 from saga.coordinator import SagaCoordinator
@@ -38,7 +38,14 @@ from saga.store import ConcurrencyError, StoreError, Timer
 from saga.workflows.support import support_workflow
 from service.testing import fake_settings, make_inquiry
 from service.wiring import TERMINAL_TYPES, make_actors
-from tests.conformance.store import T0, StoreContract, envelope, new_state, timer
+from tests.conformance.store import (
+    T0,
+    StoreContract,
+    envelope,
+    new_state,
+    tenant_event,
+    timer,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -219,6 +226,28 @@ class TestPostgresConcurrency:
             e.id for e in events if e.id not in ids_a[:1]
         ]
         assert await a.pending_outbox() == []
+
+    async def test_feed_never_shows_a_number_before_a_lower_one_commits(
+        self, pg: Postgres
+    ) -> None:
+        """An append still in its transaction holds back later appends, so a feed reader
+        never sees seq n+1 while n may still appear (it would skip n for good)."""
+        store, other = await pg.store(), await pg.store()
+        first, second = tenant_event("s1", "t"), tenant_event("s2", "t")
+        async with pg.admin.transaction():
+            # the store's own append statement, left uncommitted
+            await pg.admin.execute(
+                store._sql.append_events, [first.id], [first.correlationid], [first.tenant],
+                [first.type], [first.time], [encode(first)],
+            )
+            later = asyncio.create_task(other.append_events([second]))
+            await asyncio.sleep(0.3)
+            assert not later.done()  # waiting for the first append to commit
+            assert await store.events_since(0, "t") == []
+        await asyncio.wait_for(later, 10)
+        feed = await store.events_since(0, "t")
+        assert [e.id for _, e in feed] == [first.id, second.id]
+        assert feed[0][0] < feed[1][0]
 
     async def test_concurrent_open_creates_the_schema_once(self, pg: Postgres) -> None:
         """Processes starting together on a fresh schema all open without a DDL error."""

@@ -8,9 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from events import Customer, Envelope, InquiryReceived, LanguageDetected, ProviderInfo
+from events import (
+    Customer,
+    Envelope,
+    InquiryFailed,
+    InquiryReceived,
+    LanguageDetected,
+    ProviderInfo,
+)
 from saga.state import SagaState, SagaStatus, StepState, StoredEvent
-from saga.store import ConcurrencyError, SagaStore, Timer
+from saga.store import ConcurrencyError, SagaStore, StoreError, Timer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -29,6 +36,15 @@ def envelope(correlation: str = "s1", text: str = "hola") -> Envelope:
         LanguageDetected(language="es", confidence=0.9, provider=ProviderInfo(name="fake")),
         correlationid=correlation,
     )
+
+
+def tenant_event(correlation: str, tenant: str, failed: bool = False) -> Envelope:
+    """A ``LanguageDetected`` (or, ``failed``, an ``InquiryFailed``) of ``tenant``."""
+    data = (
+        InquiryFailed(inquiry_id=correlation, reason="test") if failed
+        else LanguageDetected(language="es", confidence=0.9, provider=ProviderInfo(name="fake"))
+    )
+    return Envelope.new(data, correlationid=correlation, tenant=tenant)
 
 
 def timer(tid: str, due: datetime, saga_id: str = "s1") -> Timer:
@@ -150,3 +166,113 @@ class StoreContract:
         await store.record_result("req-1", first)
         await store.record_result("req-1", second)
         assert await store.recorded_result("req-1") == first
+
+    async def test_events_since_is_a_tenants_feed_in_store_order(
+        self, store: SagaStore
+    ) -> None:
+        """events_since gives one tenant's events above a sequence number, lowest first, with
+        growing numbers; filters by type and request; a repeated id gets no new number."""
+        a1 = tenant_event("s1", "ta")
+        b1 = tenant_event("s2", "tb")
+        a2 = tenant_event("s1", "ta", failed=True)
+        a3 = tenant_event("s3", "ta")
+        await store.append_events([a1, b1])
+        await store.append_events([a2, a1])
+        await store.append_events([a3])
+        feed = await store.events_since(0, "ta")
+        assert [e.id for _, e in feed] == [a1.id, a2.id, a3.id]
+        seqs = [n for n, _ in feed]
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == 3
+        assert feed[1][1] == a2
+        assert await store.last_event_seq() >= seqs[-1]
+        assert [e.id for _, e in await store.events_since(seqs[0], "ta")] == [a2.id, a3.id]
+        assert await store.events_since(seqs[-1], "ta") == []
+        assert [e.id for _, e in await store.events_since(0, "ta", limit=1)] == [a1.id]
+        failed = await store.events_since(0, "ta", ["InquiryFailed", "ResponseReady"])
+        assert [e.id for _, e in failed] == [a2.id]
+        assert [e.id for _, e in await store.events_since(0, "ta", correlationid="s3")] == [
+            a3.id
+        ]
+        assert [e.id for _, e in await store.events_since(0, "tb")] == [b1.id]
+        assert await store.events_since(0, "nobody") == []
+
+    async def test_events_since_misses_nothing_of_concurrent_appends(
+        self, store: SagaStore
+    ) -> None:
+        """A reader resuming from the last number it saw, while many appends run at once,
+        gets every event exactly once."""
+        events = [tenant_event(f"c{i}", "t") for i in range(60)]
+        seen: list[str] = []
+        done = asyncio.Event()
+
+        async def read() -> None:
+            last = 0
+            while True:
+                finished = done.is_set()
+                for n, env in await store.events_since(last, "t", limit=7):
+                    assert n > last
+                    last = n
+                    seen.append(env.id)
+                if finished and len(seen) >= len(events):
+                    return
+                if finished:
+                    # one more full pass after the writers are done
+                    rest = await store.events_since(last, "t", limit=1000)
+                    seen.extend(e.id for _, e in rest)
+                    return
+                await asyncio.sleep(0)
+
+        async def write() -> None:
+            await asyncio.gather(*(store.append_events([e]) for e in events))
+            done.set()
+
+        await asyncio.gather(read(), write())
+        assert sorted(seen) == sorted(e.id for e in events)
+        assert len(seen) == len(events)
+
+    async def test_api_keys_are_stored_listed_and_revoked(self, store: SagaStore) -> None:
+        """An API key is found by id with its tenant and hash; listing is oldest first, per
+        tenant when asked; revoking works once; an id cannot be stored twice."""
+        assert await store.find_api_key("k1") is None
+        await store.put_api_key("k1", "ta", "h" * 64, T0)
+        await store.put_api_key("k2", "tb", "g" * 64, T0 + timedelta(seconds=1))
+        await store.put_api_key("k0", "ta", "f" * 64, T0 + timedelta(seconds=2))
+        found = await store.find_api_key("k1")
+        assert found is not None
+        assert (found.key_id, found.tenant, found.key_hash) == ("k1", "ta", "h" * 64)
+        assert found.created_at == T0
+        assert found.active
+        assert [k.key_id for k in await store.list_api_keys()] == ["k1", "k2", "k0"]
+        assert [k.key_id for k in await store.list_api_keys("ta")] == ["k1", "k0"]
+        with pytest.raises(StoreError):
+            await store.put_api_key("k1", "tb", "x" * 64, T0)
+        assert await store.revoke_api_key("k1", T0 + timedelta(minutes=1))
+        assert not await store.revoke_api_key("k1", T0 + timedelta(minutes=2))
+        assert not await store.revoke_api_key("nope", T0)
+        revoked = await store.find_api_key("k1")
+        assert revoked is not None
+        assert revoked.revoked_at == T0 + timedelta(minutes=1)
+        assert not revoked.active
+        assert revoked.key_hash == "h" * 64
+
+    async def test_idempotency_keys_remember_the_first_use(self, store: SagaStore) -> None:
+        """The first use of a key per tenant is remembered (None back); later uses get that
+        record, whatever they send; of concurrent first uses exactly one wins; a forgotten
+        key is new again."""
+        assert await store.remember_idempotency("ta", "k", "hash-1", "inq-1") is None
+        again = await store.remember_idempotency("ta", "k", "hash-2", "inq-2")
+        assert again is not None
+        assert (again.tenant, again.key, again.request_hash, again.inquiry_id) == (
+            "ta", "k", "hash-1", "inq-1"
+        )
+        assert again.created_at.tzinfo is not None
+        assert await store.remember_idempotency("tb", "k", "hash-3", "inq-3") is None
+        results = await asyncio.gather(
+            *(store.remember_idempotency("ta", "race", "h", f"inq-r{i}") for i in range(8))
+        )
+        assert sum(r is None for r in results) == 1
+        assert len({r.inquiry_id for r in results if r is not None}) == 1
+        await store.forget_idempotency("ta", "k")
+        assert await store.remember_idempotency("ta", "k", "hash-4", "inq-4") is None
+        await store.forget_idempotency("ta", "never-used")

@@ -170,12 +170,13 @@ class Cluster:
             await conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         finally:
             await conn.close()
-        listed = subprocess.run(
-            ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
-            capture_output=True, text=True, timeout=60, check=False,
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
         # every queue of this test's exchange: groups, their retry queues and dead letters
-        names = [n.strip() for n in listed.stdout.splitlines()
+        names = [n.strip() for n in stdout.decode().splitlines()
                  if n.strip().startswith(f"{self.exchange}.")]
         connection = await aio_pika.connect(amqp_url())
         try:
