@@ -111,6 +111,23 @@ class InMemorySagaStore:
         states.sort(key=lambda s: s.started_at, reverse=True)
         return states[:limit]
 
+    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+        events = 0
+        for eid, body in list(self._events.items()):
+            env = decode(body)
+            if env.time < before and (tenant is None or env.tenant == tenant):
+                del self._events[eid]
+                self._by_correlation[env.correlationid].remove(eid)
+                events += 1
+        sagas = 0
+        for sid, raw in list(self._sagas.items()):
+            state = SagaState.model_validate_json(raw)
+            if (state.status != "running" and state.started_at < before
+                    and (tenant is None or state.tenant == tenant)):
+                del self._sagas[sid]
+                sagas += 1
+        return events, sagas
+
     async def recorded_result(self, request_id: str) -> Envelope | None:
         body = self._inbox.get(request_id)
         return decode(body) if body is not None else None
@@ -143,6 +160,8 @@ class InMemorySagaStore:
         for n, eid, ten, typ, cid in self._feed[max(seq, 0):]:
             if len(found) >= limit:
                 break
+            if eid not in self._events:
+                continue  # pruned
             if ten != tenant or (wanted and typ not in wanted):
                 continue
             if correlationid is not None and cid != correlationid:

@@ -475,6 +475,19 @@ class PostgresSagaStore:
         async with self._connection("forget_idempotency") as conn:
             await conn.execute(self._sql.forget_idempotency, tenant, key)
 
+    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+        s = self.schema
+        async with self._connection("prune") as conn, conn.transaction():
+            events = await conn.execute(
+                f"DELETE FROM {s}.events WHERE time < $1 AND ($2::text IS NULL OR tenant = $2)",
+                before, tenant,
+            )
+            sagas = await conn.execute(
+                f"DELETE FROM {s}.sagas WHERE status != 'running' AND started_at < $1"
+                " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
+            )
+        return int(events.split()[-1]), int(sagas.split()[-1])
+
     async def recorded_result(self, request_id: str) -> Envelope | None:
         async with self._connection("recorded_result") as conn:
             body = await conn.fetchval(self._sql.recorded_result, request_id)

@@ -267,6 +267,20 @@ class SqliteSagaStore:
             rows = await cur.fetchall()
         return [SagaState.model_validate_json(r[0]) for r in rows]
 
+    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+        where_tenant = "" if tenant is None else " AND tenant = ?"
+        extra: tuple[str, ...] = () if tenant is None else (tenant,)
+        async with self._lock:
+            events = await self.db.execute(
+                f"DELETE FROM events WHERE time < ?{where_tenant}", (_ts(before), *extra)
+            )
+            sagas = await self.db.execute(
+                f"DELETE FROM sagas WHERE status != 'running' AND started_at < ?{where_tenant}",
+                (_ts(before), *extra),
+            )
+            await self.db.commit()
+        return events.rowcount, sagas.rowcount
+
     async def recorded_result(self, request_id: str) -> Envelope | None:
         async with self.db.execute(
             "SELECT body FROM inbox WHERE request_id = ? AND body IS NOT NULL", (request_id,)

@@ -123,6 +123,11 @@ class SagaStore(Protocol):
         """The most recently started sagas, optionally of one status."""
         ...
 
+    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+        """Remove events older than ``before`` and finished sagas started before it (of one
+        tenant, or all). Returns (events removed, sagas removed). Running sagas are kept."""
+        ...
+
     async def recorded_result(self, request_id: str) -> Envelope | None:
         """The result an actor already produced for request ``request_id`` (the inbox)."""
         ...

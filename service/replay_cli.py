@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +48,19 @@ async def _load(settings: Settings, saga_id: str) -> tuple[SagaState | None, lis
         return await store.load(saga_id), causal_order(await store.events(saga_id))
     finally:
         await store.close()
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m`` or ``45s`` as a duration."""
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    try:
+        value = float(text[:-1])
+        unit = units[text[-1]]
+    except (ValueError, KeyError, IndexError):
+        raise _fail(f"{text!r}: use a number and a unit, like 30d, 12h, 90m or 45s") from None
+    if value <= 0:
+        raise _fail(f"{text!r}: the age must be positive")
+    return timedelta(**{unit: value})
 
 
 def _apply_sets(settings: Settings, sets: list[str]) -> Settings:
@@ -134,6 +148,32 @@ def register(app: typer.Typer) -> None:
         out.print(f"re-dispatched: {', '.join(steps)}")
         if terminal is not None:
             out.print(f"{terminal.type}: {json.dumps(terminal.data.model_dump(mode='json'))}")
+
+    @app.command("prune")
+    def prune_command(
+        older_than: Annotated[str, typer.Option(
+            help="Age of what to remove: 30d, 12h, 90m (default: AIAPPS_RETENTION_DAYS).")] = "",
+        tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    ) -> None:
+        """Remove events older than the retention age and finished sagas started before it."""
+        settings = Settings()
+        if older_than:
+            age = parse_age(older_than)
+        elif settings.retention_days is not None:
+            age = timedelta(days=settings.retention_days)
+        else:
+            raise _fail("give --older-than (e.g. 30d) or set AIAPPS_RETENTION_DAYS")
+
+        async def prune() -> tuple[int, int]:
+            store = make_store(settings)
+            await store.open()
+            try:
+                return await store.prune(datetime.now(UTC) - age, tenant)
+            finally:
+                await store.close()
+
+        events, sagas = asyncio.run(prune())
+        out.print(f"removed {events} events and {sagas} finished sagas older than {older_than or age}")
 
     @app.command("export")
     def export_command(

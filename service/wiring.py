@@ -4,6 +4,7 @@ chosen per capability, the actors, the coordinator and the event recorder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import uuid
 from collections import OrderedDict
@@ -274,6 +275,7 @@ class Service:
             inbox=self.store,
             claim_lease=self.settings.claim_lease,
         )
+        self._pruner: asyncio.Task[None] | None = None
         self._waiters: dict[str, asyncio.Future[Envelope]] = {}
         # terminal events seen, for a wait() that comes after the answer; bounded, as a
         # long-running gateway sees every answer of the deployment
@@ -299,9 +301,33 @@ class Service:
         await self.runtime.start()
         if self.coordinator is not None:
             await self.coordinator.start()
+            if self.settings.retention_days is not None:
+                self._pruner = asyncio.create_task(self._prune_forever(), name="retention")
         await self.transport.start()
 
+    async def _prune_forever(self) -> None:
+        """Retention: every hour, drop events and finished sagas past their age."""
+        from datetime import UTC, datetime, timedelta
+
+        import structlog
+
+        assert self.settings.retention_days is not None
+        age = timedelta(days=self.settings.retention_days)
+        log = structlog.get_logger("service.retention")
+        while True:
+            try:
+                events, sagas = await self.store.prune(datetime.now(UTC) - age)
+                if events or sagas:
+                    log.info("pruned", events=events, sagas=sagas)
+            except Exception:  # a failed prune is retried next hour, never fatal
+                log.exception("retention prune failed")
+            await asyncio.sleep(3600)
+
     async def close(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         if self.coordinator is not None:
             await self.coordinator.stop()
         await self.transport.close()

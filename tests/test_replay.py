@@ -208,3 +208,30 @@ class TestReplayCommands:
         body = json.loads(rerun.output)
         assert body["rerun"]["rerun_type"] == "TextTranslated"
         assert body["rerun"]["changed"] == {}
+
+
+class TestPrune:
+    def test_prune_command(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`ai-apps prune --older-than 1s` removes a finished saga and its events; a bad age
+        says what to write."""
+        import time
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("AIAPPS_STORE", f"sqlite:///{tmp_path}/a.db")
+        monkeypatch.setenv("AIAPPS_BLOBS", str(tmp_path / "blobs"))
+        for s in ("LANGUAGE", "VISION", "TRANSLATION", "RESPONDER", "SPEECH"):
+            monkeypatch.setenv(f"AIAPPS_PROVIDERS__{s}", "fake")
+        (tmp_path / "i.json").write_text(json.dumps({
+            "inquiry_id": "old", "customer": {"id": "c"}, "message": "hello", "language": "en"}))
+        runner = CliRunner()
+        assert runner.invoke(app, ["inquiry", "i.json"]).exit_code == 0
+        assert runner.invoke(app, ["prune", "--older-than", "1d"]).output.startswith(
+            "removed 0 events and 0 finished sagas")
+        time.sleep(1.1)
+        pruned = runner.invoke(app, ["prune", "--older-than", "1s"])
+        assert pruned.exit_code == 0, pruned.output
+        assert pruned.output.startswith("removed 4 events and 1 finished sagas")
+        assert runner.invoke(app, ["timeline", "old"]).exit_code == 1
+        bad = runner.invoke(app, ["prune", "--older-than", "soon"])
+        assert bad.exit_code == 2
+        assert "like 30d" in bad.output

@@ -159,6 +159,25 @@ class StoreContract:
         assert [s.id for s in await store.list_sagas()] == ["new", "old"]
         assert [s.id for s in await store.list_sagas(status="completed")] == []
 
+    async def test_prune_removes_old_events_and_finished_sagas(self, store: SagaStore) -> None:
+        """prune drops events older than the cutoff and finished sagas started before it, of
+        one tenant or all; running sagas and newer events stay."""
+        old = envelope("s1").model_copy(update={"time": T0})
+        new = envelope("s1").model_copy(update={"time": T0 + timedelta(days=10)})
+        other = envelope("s2").model_copy(update={"time": T0, "tenant": "t2"})
+        await store.append_events([old, new, other])
+        finished = new_state("done").model_copy(update={"status": SagaStatus.COMPLETED})
+        await store.save(finished, expected_version=0)
+        await store.save(new_state("running"), expected_version=0)
+        cutoff = T0 + timedelta(days=5)
+        assert await store.prune(cutoff, tenant="default") == (1, 0)
+        assert [e.id for e in await store.events("s1")] == [new.id]
+        assert await store.prune(cutoff, tenant="t1") == (0, 1)
+        assert await store.load("done") is None
+        assert await store.load("running") is not None
+        assert await store.prune(cutoff) == (1, 0)
+        assert await store.events("s2") == []
+
     async def test_inbox_records_first_result(self, store: SagaStore) -> None:
         """The first result recorded for a request wins; unknown requests have none."""
         first, second = envelope(), envelope()

@@ -1,0 +1,144 @@
+"""The actor middleware: one :class:`ProviderCall` record per provider call, handed to sinks
+(the health recorder always; spans and metrics when OpenTelemetry is on).
+
+It reads what the runtime did from :func:`actors.runtime.current_handling` once the handler
+returns: the call's start and end, and the result (the provider's, or the classified
+``StepFailed``). A request answered from the inbox made no call; it is reported to
+``on_replay`` instead (a cache hit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from actors.runtime import Actor, Handling, Middleware, current_handling
+from bus.base import Handler
+from events.common import ProviderInfo, Usage
+from events.envelope import Envelope
+from events.support import StepFailed
+from saga.cost import PriceTable
+from service.telemetry.health import operation_of
+
+log = structlog.get_logger("service.telemetry")
+
+_FAMILIES = {"openai_compat": "openai", "fake_imagegen": "fake"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """One call of an actor's provider, as the telemetry sinks see it."""
+
+    service: str
+    operation: str
+    """The saga step the request belongs to (its fan-out item removed), else the request type."""
+    request_type: str
+    started_ns: int
+    ended_ns: int
+    ok: bool
+    error_class: str | None
+    message: str
+    provider: str
+    """The provider family: local, azure, openai, fake."""
+    model: str | None
+    usage: Usage | None
+    correlation_id: str
+    tenant: str
+    cost: float = 0.0
+    """Priced by the price table given to :func:`provider_calls` (0 without one, or for a
+    provider it does not list)."""
+    currency: str = "USD"
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.ended_ns - self.started_ns, 0) / 1e9
+
+
+CallSink = Callable[[ProviderCall], None]
+ReplaySink = Callable[[str], None]
+
+
+def provider_calls(
+    sinks: Sequence[CallSink], on_replay: Sequence[ReplaySink] = (),
+    *, pricing: PriceTable | None = None,
+) -> Middleware:
+    """A middleware for :class:`~actors.runtime.ActorRuntime` that reports each provider call
+    to ``sinks``, priced by ``pricing``. A sink that raises is logged and ignored: telemetry
+    never fails a request."""
+
+    def emit(call: ProviderCall) -> None:
+        for sink in sinks:
+            try:
+                sink(call)
+            except Exception:
+                log.exception("telemetry sink failed", sink=repr(sink))
+
+    async def observe(envelope: Envelope, call_next: Handler) -> None:
+        try:
+            await call_next(envelope)
+        except Exception as exc:
+            handling = current_handling()
+            if handling is not None and handling.started_ns:
+                emit(_call(envelope, handling, exc, pricing))
+            raise
+        handling = current_handling()
+        if handling is None:
+            return
+        if handling.replayed:
+            for replay in on_replay:
+                replay(handling.actor.service)
+            return
+        if handling.started_ns:
+            emit(_call(envelope, handling, None, pricing))
+
+    return observe
+
+
+def _call(
+    envelope: Envelope, handling: Handling, exc: Exception | None, pricing: PriceTable | None
+) -> ProviderCall:
+    result = handling.result
+    if exc is not None and result is None:
+        # the provider raised something the runtime does not classify (a bug): the bus retries
+        ok, error_class, message = False, type(exc).__name__, str(exc)
+    elif isinstance(result, StepFailed):
+        ok, error_class, message = False, result.error_class, result.message
+    else:
+        ok, error_class, message = True, None, ""
+    provider, model = provider_of(handling.actor, result)
+    usage = getattr(result, "usage", None)
+    usage = usage if isinstance(usage, Usage) else None
+    cost = 0.0
+    if pricing is not None and usage is not None and ok:
+        cost = float(pricing.cost(ProviderInfo(name=provider, model=model), usage))
+    return ProviderCall(
+        service=handling.actor.service,
+        operation=operation_of(envelope.subject) if envelope.subject else envelope.type,
+        request_type=envelope.type,
+        started_ns=handling.started_ns,
+        ended_ns=handling.ended_ns or handling.started_ns,
+        ok=ok,
+        error_class=error_class,
+        message=message,
+        provider=provider,
+        model=model,
+        usage=usage,
+        correlation_id=envelope.correlationid,
+        tenant=envelope.tenant,
+        cost=cost,
+        currency=pricing.currency if pricing is not None else "USD",
+    )
+
+
+def provider_of(actor: Actor, result: object) -> tuple[str, str | None]:
+    """The provider family and model: from the result, else from the provider object (a
+    failed call has no result), else from the provider's module (``actors.providers.azure``)."""
+    for info in (getattr(result, "provider", None), getattr(actor.provider, "provider", None)):
+        if isinstance(info, ProviderInfo):
+            return info.name, info.model
+    parts = type(actor.provider).__module__.split(".")
+    if parts[:2] == ["actors", "providers"] and len(parts) > 2:
+        return _FAMILIES.get(parts[2], parts[2]), None
+    return "unknown", None
