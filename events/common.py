@@ -37,3 +37,7 @@ class ProviderInfo(Value):
 
     name: str = Field(examples=["local", "azure", "fake"])
     model: str | None = None
+    cached: bool = Field(
+        default=False,
+        description="The result came from the result cache: nothing was called or paid.",
+    )

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import structlog
 from pydantic import Field
@@ -31,9 +32,10 @@ from events.base import Event, event
 from events.envelope import Envelope
 from events.support import StepFailed
 from saga.breaker import BreakerRegistry
+from saga.budget import CostControl, Spending
 from saga.clock import Clock, SystemClock
 from saga.state import SagaState, SagaStatus, StepError, StepState, StepStatus, StoredEvent
-from saga.store import ConcurrencyError, SagaStore, Timer
+from saga.store import ConcurrencyError, CostEntry, SagaStore, Timer
 from saga.workflow import SagaView, Workflow
 
 log = structlog.get_logger("saga.coordinator")
@@ -60,6 +62,8 @@ class _Changes:
     outbox: list[Envelope] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
     ended: bool = False
+    ledger: list[CostEntry] = field(default_factory=list)
+    """The provider results accepted, for the cost ledger (recorded right after the save)."""
     cause: str | None = None
     """The event that caused these changes (their ``causationid``); None for a timer."""
 
@@ -90,8 +94,13 @@ class SagaCoordinator:
         timer_interval: float = 0.2,
         outbox_interval: float = 5.0,
         concurrency: int = 16,
+        costs: CostControl | None = None,
     ) -> None:
         self.transport = transport
+        self.costs = costs
+        self._spending: Spending | None = None
+        """The tenant's spend, read in :meth:`_apply` just before its (synchronous) change
+        function runs, for the budget check in :meth:`_dispatch_or_fallback`."""
         self.store = store
         self.workflows = {w.name: w for w in workflows}
         self._starts = {w.starts_on.event_type: w for w in self.workflows.values()}
@@ -140,7 +149,10 @@ class SagaCoordinator:
         """Apply one event from the bus to its saga."""
         workflow = self._starts.get(envelope.type)
         if workflow is not None:
-            await self._apply(envelope.correlationid, lambda s: self._begin(workflow, envelope, s))
+            await self._apply(
+                envelope.correlationid, lambda s: self._begin(workflow, envelope, s),
+                tenant=envelope.tenant,
+            )
         elif isinstance(envelope.data, SagaCancelRequested):
             await self.cancel(envelope.correlationid, envelope.data.reason, cause=envelope.id)
         else:
@@ -203,7 +215,7 @@ class SagaCoordinator:
 
     # -- the core: load, apply, save with the outbox, publish ------------------------------
 
-    async def _apply(self, saga_id: str, change: _ChangeFn) -> None:
+    async def _apply(self, saga_id: str, change: _ChangeFn, tenant: str | None = None) -> None:
         lock = self._locks.get(saga_id)
         if lock is None:
             lock = self._locks[saga_id] = asyncio.Lock()
@@ -211,7 +223,14 @@ class SagaCoordinator:
             for _ in range(20):
                 state = await self.store.load(saga_id)
                 expected = state.version if state else 0
-                result = change(state)
+                spending = await self._tenant_spending(state.tenant if state else tenant)
+                # no await between setting it and the change: concurrent sagas never see
+                # another's spend
+                self._spending = spending
+                try:
+                    result = change(state)
+                finally:
+                    self._spending = None
                 if result is None:
                     return
                 new_state, changes = result
@@ -229,6 +248,8 @@ class SagaCoordinator:
                 break
             else:
                 raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
+        if changes.ledger:
+            await self.store.record_cost(changes.ledger)
         for env in changes.outbox:
             await self.transport.publish(env)
         await self.store.mark_published([e.id for e in changes.outbox])
@@ -288,6 +309,10 @@ class SagaCoordinator:
             step.result = StoredEvent.of(envelope.data)
             step.finished_at = now
             step.deadline = None
+            if self.costs is not None:
+                entry = self.costs.entry(state, step, envelope, now)
+                if entry is not None:
+                    changes.ledger.append(entry)
         self._advance(workflow, state, changes)
         return state, changes
 
@@ -443,6 +468,16 @@ class SagaCoordinator:
                           changes)
             return
         request = definition.request(SagaView(state, step.item))
+        if self.costs is not None:
+            refusal = self.costs.refusal(
+                state, step, request, self._spending, sum((e.cost for e in changes.ledger),
+                                                          Decimal(0)),
+            )
+            if refusal is not None:
+                # refused before any call: nothing is paid, and the workflow degrades
+                step.started_at = step.started_at or now
+                self._give_up(workflow, state, step, f"budget: {refusal}", changes)
+                return
         envelope = changes.emit(state, request, step.key, now)
         step.status = StepStatus.DISPATCHED
         step.attempts += 1
@@ -450,6 +485,11 @@ class SagaCoordinator:
         step.started_at = step.started_at or now
         step.deadline = now + timedelta(seconds=definition.timeout)
         changes.timers.append(self._timer(state, step, "deadline", definition.timeout))
+
+    async def _tenant_spending(self, tenant: str | None) -> Spending | None:
+        if self.costs is None or tenant is None:
+            return None
+        return await self.costs.spending(self.store, tenant, self.clock.now())
 
     def _timer(self, state: SagaState, step: StepState, kind: str, delay: float) -> Timer:
         return Timer(

@@ -5,10 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
-from saga.store import ApiKey, ConcurrencyError, IdempotencyRecord, StoreError, Timer
+from saga.store import (
+    ApiKey,
+    ConcurrencyError,
+    CostEntry,
+    CostGroup,
+    CostRow,
+    IdempotencyRecord,
+    StoreError,
+    Timer,
+    report,
+)
 
 
 class InMemorySagaStore:
@@ -27,6 +38,8 @@ class InMemorySagaStore:
         self._feed: list[tuple[int, str, str, str, str]] = []
         self._api_keys: dict[str, ApiKey] = {}
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._cache: dict[str, tuple[bytes, datetime]] = {}
+        self._ledger: dict[str, CostEntry] = {}
 
     async def open(self) -> None:
         return None
@@ -208,6 +221,31 @@ class InMemorySagaStore:
 
     async def forget_idempotency(self, tenant: str, key: str) -> None:
         self._idempotency.pop((tenant, key), None)
+
+    async def cache_get(self, key: str) -> bytes | None:
+        found = self._cache.get(key)
+        if found is None:
+            return None
+        if found[1] <= datetime.now(UTC):
+            del self._cache[key]
+            return None
+        return found[0]
+
+    async def cache_put(self, key: str, value: bytes, expires_at: datetime) -> None:
+        self._cache[key] = (bytes(value), expires_at.astimezone(UTC))
+
+    async def record_cost(self, entries: Sequence[CostEntry]) -> None:
+        for entry in entries:
+            self._ledger.setdefault(entry.id, entry)
+
+    async def spent(self, tenant: str, since: datetime) -> Decimal:
+        return sum(
+            (e.cost for e in self._ledger.values() if e.tenant == tenant and e.at >= since),
+            Decimal(0),
+        )
+
+    async def cost_report(self, since: datetime, group_by: CostGroup) -> list[CostRow]:
+        return report([e for e in self._ledger.values() if e.at >= since], group_by)
 
     def timers(self) -> list[Timer]:
         """Every timer not yet fired (for tests)."""

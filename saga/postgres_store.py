@@ -45,6 +45,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,7 +53,16 @@ import asyncpg
 
 from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
-from saga.store import ApiKey, ConcurrencyError, IdempotencyRecord, StoreError, Timer
+from saga.store import (
+    ApiKey,
+    ConcurrencyError,
+    CostEntry,
+    CostGroup,
+    CostRow,
+    IdempotencyRecord,
+    StoreError,
+    Timer,
+)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -131,7 +141,35 @@ CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant, key)
 );
+CREATE TABLE IF NOT EXISTS {s}.cost_ledger (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    service TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT,
+    usage TEXT NOT NULL,
+    cost NUMERIC NOT NULL,
+    currency TEXT NOT NULL,
+    price_table TEXT NOT NULL,
+    at TIMESTAMPTZ NOT NULL,
+    cached BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON {s}.cost_ledger (tenant, at);
+CREATE INDEX IF NOT EXISTS cost_ledger_at ON {s}.cost_ledger (at);
+CREATE TABLE IF NOT EXISTS {s}.result_cache (
+    key TEXT PRIMARY KEY,
+    value BYTEA NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
 """
+
+_LEDGER_COLUMNS = (
+    "id, tenant, workflow, correlation_id, step, service, provider, model, usage, cost,"
+    " currency, price_table, at, cached"
+)
 
 _TIMER_COLUMNS = "id, saga_id, step, kind, due_at, attempt"
 
@@ -501,6 +539,63 @@ class PostgresSagaStore:
     async def record_result(self, request_id: str, result: Envelope) -> None:
         async with self._connection("record_result") as conn:
             await conn.execute(self._sql.record_result, request_id, encode(result))
+
+    async def cache_get(self, key: str) -> bytes | None:
+        s = self._sql.s
+        async with self._connection("cache_get") as conn:
+            value = await conn.fetchval(
+                f"SELECT value FROM {s}.result_cache WHERE key = $1 AND expires_at > now()", key
+            )
+        return bytes(value) if value is not None else None
+
+    async def cache_put(self, key: str, value: bytes, expires_at: datetime) -> None:
+        s = self._sql.s
+        async with self._connection("cache_put") as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {s}.result_cache (key, value, expires_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,"
+                " expires_at = EXCLUDED.expires_at",
+                key, value, expires_at,
+            )
+            await conn.execute(f"DELETE FROM {s}.result_cache WHERE expires_at <= now()")
+
+    async def record_cost(self, entries: Sequence[CostEntry]) -> None:
+        if not entries:
+            return
+        s = self._sql.s
+        async with self._connection("record_cost") as conn:
+            await conn.executemany(
+                f"INSERT INTO {s}.cost_ledger ({_LEDGER_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                " ON CONFLICT (id) DO NOTHING",
+                [(e.id, e.tenant, e.workflow, e.correlation_id, e.step, e.service, e.provider,
+                  e.model, e.usage.model_dump_json(), e.cost, e.currency, e.price_table, e.at,
+                  e.cached) for e in entries],
+            )
+
+    async def spent(self, tenant: str, since: datetime) -> Decimal:
+        s = self._sql.s
+        async with self._connection("spent") as conn:
+            value = await conn.fetchval(
+                f"SELECT COALESCE(SUM(cost), 0) FROM {s}.cost_ledger"
+                " WHERE tenant = $1 AND at >= $2", tenant, since,
+            )
+        return Decimal(value)
+
+    async def cost_report(self, since: datetime, group_by: CostGroup) -> list[CostRow]:
+        s = self._sql.s
+        key = {
+            "tenant": "tenant", "workflow": "workflow", "service": "service",
+            "provider": "provider", "day": "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        }[group_by]
+        async with self._connection("cost_report") as conn:
+            rows = await conn.fetch(
+                f"SELECT {key} AS key, count(*) AS calls, count(*) FILTER (WHERE cached)"
+                f" AS cached, SUM(cost) AS cost FROM {s}.cost_ledger WHERE at >= $1"
+                " GROUP BY 1 ORDER BY 4 DESC, 1", since,
+            )
+        return [CostRow(str(r["key"]), int(r["calls"]), int(r["cached"]), Decimal(r["cost"]))
+                for r in rows]
 
 
 def _timer(row: Any) -> Timer:

@@ -7,13 +7,25 @@ import asyncio
 import time
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import aiosqlite
 
+from events.common import Usage
 from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
-from saga.store import ApiKey, ConcurrencyError, IdempotencyRecord, StoreError, Timer
+from saga.store import (
+    ApiKey,
+    ConcurrencyError,
+    CostEntry,
+    CostGroup,
+    CostRow,
+    IdempotencyRecord,
+    StoreError,
+    Timer,
+    report,
+)
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -79,8 +91,36 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at TEXT NOT NULL,
     PRIMARY KEY (tenant, key)
 );
+CREATE TABLE IF NOT EXISTS cost_ledger (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    service TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT,
+    usage TEXT NOT NULL,
+    cost TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    price_table TEXT NOT NULL,
+    at TEXT NOT NULL,
+    cached INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON cost_ledger (tenant, at);
+CREATE INDEX IF NOT EXISTS cost_ledger_at ON cost_ledger (at);
+CREATE TABLE IF NOT EXISTS result_cache (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at TEXT NOT NULL
+);
 """
 
+
+_LEDGER_COLUMNS = (
+    "id, tenant, workflow, correlation_id, step, service, provider, model, usage, cost,"
+    " currency, price_table, at, cached"
+)
 
 def _ts(value: datetime) -> str:
     # one fixed-width UTC form, so that text order is time order
@@ -408,3 +448,64 @@ class SqliteSagaStore:
                 "DELETE FROM idempotency_keys WHERE tenant = ? AND key = ?", (tenant, key)
             )
             await self.db.commit()
+
+    async def cache_get(self, key: str) -> bytes | None:
+        async with self.db.execute(
+            "SELECT value FROM result_cache WHERE key = ? AND expires_at > ?",
+            (key, _ts(datetime.now(UTC))),
+        ) as found:
+            row = await found.fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    async def cache_put(self, key: str, value: bytes, expires_at: datetime) -> None:
+        async with self._lock:
+            await self.db.execute(
+                "INSERT INTO result_cache (key, value, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " expires_at = excluded.expires_at",
+                (key, value, _ts(expires_at)),
+            )
+            # expired entries go as new ones come, so the table does not grow without bound
+            await self.db.execute(
+                "DELETE FROM result_cache WHERE expires_at <= ?", (_ts(datetime.now(UTC)),)
+            )
+            await self.db.commit()
+
+    async def record_cost(self, entries: Sequence[CostEntry]) -> None:
+        if not entries:
+            return
+        async with self._lock:
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO cost_ledger (" + _LEDGER_COLUMNS + ")"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.id, e.tenant, e.workflow, e.correlation_id, e.step, e.service, e.provider,
+                  e.model, e.usage.model_dump_json(), str(e.cost), e.currency, e.price_table,
+                  _ts(e.at), int(e.cached)) for e in entries],
+            )
+            await self.db.commit()
+
+    async def spent(self, tenant: str, since: datetime) -> Decimal:
+        # costs are exact decimals kept as text; summed here, not as SQLite floats
+        async with self.db.execute(
+            "SELECT cost FROM cost_ledger WHERE tenant = ? AND at >= ?", (tenant, _ts(since))
+        ) as found:
+            rows = await found.fetchall()
+        return sum((Decimal(str(r[0])) for r in rows), Decimal(0))
+
+    async def cost_report(self, since: datetime, group_by: CostGroup) -> list[CostRow]:
+        async with self.db.execute(
+            "SELECT " + _LEDGER_COLUMNS + " FROM cost_ledger WHERE at >= ?", (_ts(since),)
+        ) as found:
+            rows = await found.fetchall()
+        entries = [
+            CostEntry(
+                id=str(r[0]), tenant=str(r[1]), workflow=str(r[2]), correlation_id=str(r[3]),
+                step=str(r[4]), service=str(r[5]), provider=str(r[6]),
+                model=str(r[7]) if r[7] is not None else None,
+                usage=Usage.model_validate_json(str(r[8])), cost=Decimal(str(r[9])),
+                currency=str(r[10]), price_table=str(r[11]), at=_from_ts(str(r[12])),
+                cached=bool(r[13]),
+            )
+            for r in rows
+        ]
+        return report(entries, group_by)

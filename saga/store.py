@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
+from events.common import Usage
 from events.envelope import Envelope
 from events.errors import AiAppsError
 from saga.state import SagaState
@@ -67,6 +69,61 @@ class IdempotencyRecord:
     request_hash: str
     inquiry_id: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CostEntry:
+    """One provider call in the cost ledger: who asked, which step, which provider and model,
+    what it consumed and cost. ``id`` is the call's request id, so recording it twice keeps
+    one entry."""
+
+    id: str
+    tenant: str
+    workflow: str
+    correlation_id: str
+    step: str
+    service: str
+    provider: str
+    model: str | None
+    usage: Usage
+    cost: Decimal
+    currency: str
+    price_table: str
+    at: datetime
+    cached: bool = False
+
+
+CostGroup = Literal["tenant", "workflow", "service", "day", "provider"]
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """One line of a cost report: the group's key, its calls (cache hits among them) and
+    their total cost."""
+
+    key: str
+    calls: int
+    cached: int
+    cost: Decimal
+
+
+def group_key(entry: CostEntry, by: CostGroup) -> str:
+    """The report group of an entry (days in UTC, ``YYYY-MM-DD``)."""
+    if by == "day":
+        return entry.at.strftime("%Y-%m-%d")
+    value: str = getattr(entry, by)
+    return value
+
+
+def report(entries: Sequence[CostEntry], by: CostGroup) -> list[CostRow]:
+    """Entries grouped and summed, the most expensive group first (ties by key)."""
+    groups: dict[str, tuple[int, int, Decimal]] = {}
+    for e in entries:
+        calls, cached, cost = groups.get(group_key(e, by), (0, 0, Decimal(0)))
+        groups[group_key(e, by)] = (calls + 1, cached + int(e.cached), cost + e.cost)
+    rows = [CostRow(k, c, h, v) for k, (c, h, v) in groups.items()]
+    rows.sort(key=lambda r: (-r.cost, r.key))
+    return rows
 
 
 @runtime_checkable
@@ -193,4 +250,28 @@ class SagaStore(Protocol):
 
     async def forget_idempotency(self, tenant: str, key: str) -> None:
         """Forget a key (its request could not be carried out, so a retry may try again)."""
+        ...
+
+    # -- the result cache (actors.cache): deterministic provider results -----------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """The value cached under ``key``, or None if there is none or it has expired."""
+        ...
+
+    async def cache_put(self, key: str, value: bytes, expires_at: datetime) -> None:
+        """Cache ``value`` under ``key`` until ``expires_at`` (replacing any older value)."""
+        ...
+
+    # -- the cost ledger (budgets, ``ai-apps costs``) --------------------------------------
+
+    async def record_cost(self, entries: Sequence[CostEntry]) -> None:
+        """Add provider calls to the ledger; an entry id already there is ignored."""
+        ...
+
+    async def spent(self, tenant: str, since: datetime) -> Decimal:
+        """What ``tenant``'s calls recorded at or after ``since`` cost in total."""
+        ...
+
+    async def cost_report(self, since: datetime, group_by: CostGroup) -> list[CostRow]:
+        """The calls recorded at or after ``since``, grouped, most expensive first."""
         ...

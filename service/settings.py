@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from saga.cost import PriceTable
+from service.cost_settings import CostSettings
 from service.gateway.settings import GatewaySettings
 from service.provider_settings import AzureProviderSettings
 
@@ -72,6 +73,10 @@ class Settings(BaseSettings):
     pricing: PriceTable = Field(
         default_factory=PriceTable,
         description="The versioned price table AI usage is costed with (AIAPPS_PRICING as JSON).",
+    )
+    cost: CostSettings = Field(
+        default_factory=CostSettings,
+        description="Cost control: result cache, cost ledger, budgets, throttling (AIAPPS_COST__…).",
     )
     escalation_threshold: float = Field(default=0.5, ge=0, le=1)
     fanout_limit: int = Field(

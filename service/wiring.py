@@ -126,9 +126,17 @@ def make_actors(
     blobs: FileBlobStore,
     services: Iterable[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    *,
+    store: SagaStore | None = None,
+    cache: Any = None,
 ) -> list[Actor]:
     """The actors of ``services`` (all by default), each with the provider chosen for it.
-    ``overrides`` maps a service to a ready provider object (tests pass fakes this way)."""
+    ``overrides`` maps a service to a ready provider object (tests pass fakes this way).
+
+    With the result cache on (``settings.cost.cache``), each deterministic provider is wrapped
+    by :func:`actors.cache.cached_provider`: the cache lives in Redis when a ``redis://`` URL
+    is configured, else in ``store`` (the service's saga store), else in memory. ``cache`` is
+    a ready :class:`actors.cache.ResultCache` to use instead (its ``stats`` are the meter)."""
     chosen = list(services) if services is not None else list(ALL_SERVICES)
     unknown = [s for s in chosen if s not in ALL_SERVICES]
     if unknown:
@@ -138,10 +146,65 @@ def make_actors(
 
     built: dict[str, Any] = {}
 
+    from actors.cache import (
+        RedisCacheBackend,
+        ResultCache,
+        StoreCacheBackend,
+        cache_url,
+        cached_provider,
+    )
+    from actors.throttle import (
+        LocalRateLimiter,
+        Quota,
+        RateLimiter,
+        RedisRateLimiter,
+        throttled_provider,
+    )
+    from service.cost_settings import CostSettings, ThrottleSettings
+
+    # until Settings has its ``cost`` field, a deployment runs without the cache
+    configured: CostSettings | None = getattr(settings, "cost", None)
+    cost = configured or CostSettings()
+    result_cache: ResultCache | None = cache
+    if result_cache is None and configured is not None and cost.cache.enabled:
+        url = cache_url(cost.cache.url)
+        if url is not None and url.startswith(("redis://", "rediss://", "unix://")):
+            _require("redis", "redis")
+            backend: Any = RedisCacheBackend(url)
+        else:
+            backend = StoreCacheBackend(store if store is not None else InMemorySagaStore())
+        result_cache = ResultCache(backend, pricing=settings.pricing, version=cost.cache.version)
+
+    def throttle(service: str, made: Any, limits: ThrottleSettings) -> Any:
+        import os
+
+        from actors.cache import provider_identity
+
+        quota = Quota(limits.requests_per_minute, limits.tokens_per_minute)
+        deployment = f"{service}:{provider_identity(made)}"
+        url = (cost.throttle_url or os.environ.get("AIAPPS_THROTTLE_URL")
+               or cache_url(cost.cache.url))
+        limiter: RateLimiter
+        if url is not None and url.startswith(("redis://", "rediss://", "unix://")):
+            _require("redis", "redis")
+            limiter = RedisRateLimiter(url, deployment, quota)
+        else:
+            limiter = LocalRateLimiter(quota)
+        return throttled_provider(
+            made, limiter, deployment=deployment, max_retries=limits.max_retries,
+            max_wait=limits.max_wait, default_retry_after=limits.default_retry_after,
+        )
+
     def provider(service: str) -> Any:
         # one provider per capability, shared by the actors that use it (one OCR engine)
         if service not in built:
-            built[service] = new_provider(service)
+            made = new_provider(service)
+            quota = cost.throttle_of(service) if configured is not None else None
+            if quota is not None:  # inside the cache: a hit takes no quota
+                made = throttle(service, made, quota)
+            if result_cache is not None:
+                made = cached_provider(service, made, result_cache, cost.cache.ttl_of(service))
+            built[service] = made
         return built[service]
 
     def new_provider(service: str) -> Any:
@@ -234,9 +297,13 @@ def make_coordinator(
     breakers = BreakerRegistry(
         BreakerPolicy(settings.breaker_failure_threshold, settings.breaker_cooldown)
     )
+    from service.cost_settings import CostSettings
+
+    cost: CostSettings | None = getattr(settings, "cost", None)  # until Settings has it
     return SagaCoordinator(
         transport, store, workflows, clock=clock, breakers=breakers,
         timer_interval=settings.timer_interval, outbox_interval=settings.outbox_interval,
+        costs=cost.control(settings.pricing) if cost is not None else None,
     )
 
 
@@ -270,7 +337,7 @@ class Service:
         self.recorder = EventRecorder(self.transport, self.store) if coordinator else None
         self.runtime = ActorRuntime(
             self.transport,
-            make_actors(self.settings, self.blobs, actors, providers),
+            make_actors(self.settings, self.blobs, actors, providers, store=self.store),
             concurrency=self.settings.concurrency,
             inbox=self.store,
             claim_lease=self.settings.claim_lease,

@@ -154,6 +154,11 @@ def _notices(v: SagaView) -> tuple[str, ...]:
     if any(v.state.steps[k].status is StepStatus.FALLBACK for k in v.state.steps
            if k.startswith("analyze_image[")):
         notes.append("An attached image could not be analysed.")
+    budget = next((s.fallback_reason for s in v.state.steps.values()
+                   if s.status is StepStatus.FALLBACK and s.fallback_reason
+                   and s.fallback_reason.startswith("budget: ")), None)
+    if budget is not None:
+        notes.append(f"A cost budget was reached, so this reply was simplified ({budget}).")
     return tuple(notes)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -15,9 +16,10 @@ from events import (
     InquiryReceived,
     LanguageDetected,
     ProviderInfo,
+    Usage,
 )
 from saga.state import SagaState, SagaStatus, StepState, StoredEvent
-from saga.store import ConcurrencyError, SagaStore, StoreError, Timer
+from saga.store import ConcurrencyError, CostEntry, CostRow, SagaStore, StoreError, Timer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -295,3 +297,55 @@ class StoreContract:
         await store.forget_idempotency("ta", "k")
         assert await store.remember_idempotency("ta", "k", "hash-4", "inq-4") is None
         await store.forget_idempotency("ta", "never-used")
+
+    async def test_result_cache_keeps_values_until_they_expire(self, store: SagaStore) -> None:
+        """A cached value comes back until its expiry; a newer put replaces it; an expired or
+        unknown key is a miss."""
+        now = datetime.now(UTC)
+        assert await store.cache_get("k1") is None
+        await store.cache_put("k1", b"\x00value-1", now + timedelta(hours=1))
+        assert await store.cache_get("k1") == b"\x00value-1"
+        await store.cache_put("k1", b"value-2", now + timedelta(hours=1))
+        assert await store.cache_get("k1") == b"value-2"
+        await store.cache_put("k2", b"old", now - timedelta(seconds=1))
+        assert await store.cache_get("k2") is None
+        await store.cache_put("k2", b"fresh", now + timedelta(minutes=5))
+        assert await store.cache_get("k2") == b"fresh"
+
+    async def test_cost_ledger_sums_and_reports_exactly(self, store: SagaStore) -> None:
+        """Entries are kept once per id; a tenant's spend since a time and the report by
+        tenant, service and day are exact decimals."""
+
+        def entry(eid: str, tenant: str, service: str, cost: str, at: datetime,
+                  cached: bool = False) -> CostEntry:
+            return CostEntry(
+                id=eid, tenant=tenant, workflow="support", correlation_id=f"c-{eid}",
+                step=service, service=service, provider="fake", model="fake-1",
+                usage=Usage(characters=10), cost=Decimal(cost), currency="USD",
+                price_table="t1", at=at, cached=cached,
+            )
+
+        day2 = T0 + timedelta(days=1)
+        await store.record_cost([
+            entry("e1", "ta", "translation", "0.000123", T0),
+            entry("e2", "ta", "speech", "1.5", day2),
+            entry("e3", "tb", "translation", "0.25", day2 + timedelta(hours=1), cached=True),
+        ])
+        await store.record_cost([entry("e1", "ta", "translation", "9", T0)])  # again: ignored
+        assert await store.spent("ta", T0) == Decimal("1.500123")
+        assert await store.spent("ta", day2) == Decimal("1.5")
+        assert await store.spent("tc", T0) == 0
+        assert await store.cost_report(T0, "tenant") == [
+            CostRow("ta", 2, 0, Decimal("1.500123")), CostRow("tb", 1, 1, Decimal("0.25")),
+        ]
+        assert await store.cost_report(T0, "service") == [
+            CostRow("speech", 1, 0, Decimal("1.5")),
+            CostRow("translation", 2, 1, Decimal("0.250123")),
+        ]
+        assert await store.cost_report(T0, "day") == [
+            CostRow("2026-01-02", 2, 1, Decimal("1.75")),
+            CostRow("2026-01-01", 1, 0, Decimal("0.000123")),
+        ]
+        assert await store.cost_report(day2 + timedelta(minutes=1), "workflow") == [
+            CostRow("support", 1, 1, Decimal("0.25"))
+        ]

@@ -1,0 +1,164 @@
+"""Quota-aware throttling: token buckets, Retry-After pauses absorbed inside the wrapper,
+and a 429 storm that the support workflow rides out without bouncing a message."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from actors.errors import ThrottledError
+from actors.providers.fake import FakeTranslator, throttled
+from actors.throttle import (
+    LocalRateLimiter,
+    Quota,
+    RedisRateLimiter,
+    ThrottledProvider,
+    estimate_tokens,
+    throttled_provider,
+)
+from events import ResponseReady
+from service.cost_settings import CacheSettings, CostSettings, ThrottleSettings
+from service.testing import FakeService, make_inquiry
+
+
+class VirtualTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class TestLocalBucket:
+    async def test_requests_per_minute(self) -> None:
+        t = VirtualTime()
+        bucket = LocalRateLimiter(Quota(requests_per_minute=60), clock=t)
+        assert [await bucket.acquire(1) for _ in range(60)] == [0.0] * 60
+        assert await bucket.acquire(1) == pytest.approx(1.0)
+        t.now += 0.5
+        assert await bucket.acquire(1) == pytest.approx(0.5)
+        t.now += 0.5
+        assert await bucket.acquire(1) == 0.0
+
+    async def test_tokens_per_minute(self) -> None:
+        t = VirtualTime()
+        bucket = LocalRateLimiter(Quota(tokens_per_minute=600), clock=t)
+        assert await bucket.acquire(500) == 0.0
+        assert await bucket.acquire(200) == pytest.approx(10.0)  # 100 missing at 10/s
+        t.now += 10
+        assert await bucket.acquire(200) == 0.0
+
+    async def test_pause_stops_everything(self) -> None:
+        t = VirtualTime()
+        bucket = LocalRateLimiter(Quota(), clock=t)
+        await bucket.pause(2.0)
+        assert await bucket.acquire(1) == pytest.approx(2.0)
+        t.now += 2
+        assert await bucket.acquire(1) == 0.0
+
+
+class TestWrapper:
+    async def test_slows_to_the_allowed_rate(self) -> None:
+        """70 calls at 60 a minute (a full bucket of 60 first): the last 10 wait a second
+        each, and no call fails."""
+        t = VirtualTime()
+        fake = FakeTranslator()
+        wrapped = ThrottledProvider(fake, LocalRateLimiter(Quota(60), clock=t),
+                                    deployment="d", sleep=t.sleep)
+        for i in range(70):
+            await wrapped.translate(f"t{i}", "en")
+        assert len(fake.behaviour.calls) == 70
+        assert t.now == pytest.approx(10.0)
+
+    async def test_retry_after_pauses_and_retries_inside(self) -> None:
+        t = VirtualTime()
+        fake = FakeTranslator()
+        fake.behaviour.fail_next(throttled(3.0), throttled(2.0))
+        wrapped = ThrottledProvider(fake, LocalRateLimiter(Quota(), clock=t),
+                                    deployment="d", sleep=t.sleep)
+        result = await wrapped.translate("hola", "en", "es")
+        assert result.text == "[es>en] hola"
+        assert len(fake.behaviour.calls) == 3
+        assert t.now == pytest.approx(5.0)
+        assert wrapped.stats.throttled == 2
+
+    async def test_gives_up_after_max_retries(self) -> None:
+        t = VirtualTime()
+        fake = FakeTranslator()
+        fake.behaviour.fail_always(throttled(1.0))
+        wrapped = ThrottledProvider(fake, LocalRateLimiter(Quota(), clock=t),
+                                    deployment="d", max_retries=2, sleep=t.sleep)
+        with pytest.raises(ThrottledError):
+            await wrapped.translate("hola", "en")
+        assert len(fake.behaviour.calls) == 3
+        assert wrapped.stats.gave_up == 1
+
+    def test_token_estimate(self) -> None:
+        assert estimate_tokens(("a" * 9, "en"), {}) == 3  # 11 characters
+        assert estimate_tokens((), {}) == 1
+
+    async def test_other_attributes_are_the_providers(self) -> None:
+        fake = FakeTranslator()
+        wrapped = throttled_provider(fake, LocalRateLimiter(Quota()), deployment="d")
+        assert wrapped.behaviour is fake.behaviour
+
+
+class TestStorm:
+    async def test_429_storm_every_inquiry_completes_nothing_dead_lettered(
+        self, tmp_path: Path
+    ) -> None:
+        """Translation answers 429 (Retry-After 0.2 s) eight times: the actor holds its
+        messages and pauses, every inquiry completes undegraded, nothing is dead-lettered,
+        no saga retry was needed, and it took at least the pauses."""
+        cost = CostSettings(
+            cache=CacheSettings(enabled=False),
+            throttle={"translation": ThrottleSettings(requests_per_minute=600)},
+        )
+        svc = FakeService(tmp_path, cost=cost)
+        async with svc:
+            svc.fakes.translation.behaviour.fail_next(*(throttled(0.2) for _ in range(8)))
+            started = time.monotonic()
+            for i in range(5):
+                await svc.submit(make_inquiry(f"inq-{i}", message=f"hola {i}", language="es"))
+            done = await asyncio.gather(*(svc.wait(f"inq-{i}", timeout=30) for i in range(5)))
+            elapsed = time.monotonic() - started
+            await svc.settle()
+            letters = await svc.memory.dead_letters()
+            wrapped = next(p for a in svc.runtime.actors
+                           if isinstance(p := getattr(a, "provider", None), ThrottledProvider))
+            states = [await svc.saga(f"inq-{i}") for i in range(5)]
+        assert all(isinstance(d.data, ResponseReady) for d in done)
+        assert all(d.data.degraded == () for d in done if isinstance(d.data, ResponseReady))
+        assert letters == []
+        assert wrapped.stats.throttled == 8
+        assert len(svc.fakes.translation.behaviour.calls) == 10 + 8
+        assert all(s.steps["translate_in"].attempts == 1 for s in states)  # no saga retry
+        assert elapsed >= 0.2
+
+
+async def test_redis_bucket_is_shared() -> None:
+    pytest.importorskip("redis")
+    deployment = f"test-{uuid.uuid4().hex}"
+    one = RedisRateLimiter("redis://127.0.0.1:6379/15", deployment, Quota(2))
+    two = RedisRateLimiter("redis://127.0.0.1:6379/15", deployment, Quota(2))
+    try:
+        try:
+            await one.client.ping()
+        except Exception:
+            pytest.skip("no Redis at 127.0.0.1:6379")
+        assert await one.acquire(1) == 0.0
+        assert await two.acquire(1) == 0.0
+        assert await one.acquire(1) > 25  # the shared bucket is empty: ~30 s to the next
+        await two.pause(5)
+        assert 4 < await one.acquire(1) <= 5
+    finally:
+        await one.client.delete(one.key)
+        await one.close()
+        await two.close()
