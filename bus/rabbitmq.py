@@ -653,7 +653,7 @@ class RabbitMQTransport:
                 raise TransportError(
                     f"publish of {key!r} not confirmed within {self.publish_timeout}s: {error!r}"
                 ) from error
-            log.info("publish failed; waiting for the broker", key=key, error=repr(error))
+            log.info("publish failed; waiting for the broker", routing_key=key, error=repr(error))
             try:
                 async with asyncio.timeout(remaining):
                     await asyncio.sleep(pause)

@@ -413,12 +413,14 @@ def _run(coro: Any) -> Any:
 def _register_extensions() -> None:
     from service import cost_cli, gateway_cli, health_cli, replay_cli, workflow_cli
     from service.servicebus_cli import servicebus_app
+    from service.telemetry import cli as telemetry_cli
 
     replay_cli.register(app)
     workflow_cli.register(app)
     health_cli.register(app)
     gateway_cli.register(app)
     cost_cli.register(app)
+    telemetry_cli.register(app)
     app.add_typer(servicebus_app, name="servicebus")
 
 

@@ -13,6 +13,7 @@ from saga.cost import PriceTable
 from service.cost_settings import CostSettings
 from service.gateway.settings import GatewaySettings
 from service.provider_settings import AzureProviderSettings
+from service.telemetry.settings import TelemetrySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,5 +126,10 @@ class Settings(BaseSettings):
         default=None, description="File where fake providers append one JSON line per charge."
     )
 
+    telemetry: TelemetrySettings = Field(
+        default_factory=TelemetrySettings,
+        description="Tracing, metrics, log redaction and health thresholds "
+        "(AIAPPS_TELEMETRY__ENABLED=true, …); exporters come from the OTEL_* variables.",
+    )
     log_level: str = "WARNING"
     log_format: Literal["auto", "json", "console"] = "auto"

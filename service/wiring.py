@@ -21,7 +21,7 @@ from actors.creative import (
     ImageGenerationActor,
     InspectionActor,
 )
-from actors.runtime import Actor, ActorRuntime
+from actors.runtime import Actor, ActorRuntime, bind_log_context
 from actors.services import (
     SERVICES,
     LanguageActor,
@@ -49,6 +49,7 @@ from saga.workflows.campaign import campaign_workflow
 from saga.workflows.quality import quality_workflow
 from saga.workflows.support import support_workflow
 from service.settings import Settings
+from service.telemetry import Telemetry
 
 FINISHED_KEPT = 10_000
 TERMINAL_TYPES = tuple(t.event_type for t in (
@@ -327,7 +328,10 @@ class Service:
         store: SagaStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.transport = transport or make_transport(self.settings)
+        self.telemetry = Telemetry.from_settings(self.settings)
+        self.transport = self.telemetry.instrument_transport(
+            transport or make_transport(self.settings)
+        )
         self.store = store or make_store(self.settings)
         self.blobs = FileBlobStore(self.settings.blobs)
         self.coordinator = (
@@ -338,10 +342,13 @@ class Service:
         self.runtime = ActorRuntime(
             self.transport,
             make_actors(self.settings, self.blobs, actors, providers, store=self.store),
+            middleware=(*self.telemetry.actor_middleware(), bind_log_context),
             concurrency=self.settings.concurrency,
             inbox=self.store,
             claim_lease=self.settings.claim_lease,
         )
+        if self.coordinator is not None:
+            self.telemetry.observe_coordinator(self.coordinator)
         self._pruner: asyncio.Task[None] | None = None
         self._waiters: dict[str, asyncio.Future[Envelope]] = {}
         # terminal events seen, for a wait() that comes after the answer; bounded, as a
@@ -358,6 +365,7 @@ class Service:
         await self.close()
 
     async def start(self) -> None:
+        self.telemetry.start()
         await self.store.open()
         await self.transport.subscribe(
             f"replies.{uuid.uuid4().hex[:12]}", TERMINAL_TYPES, self._on_terminal, ephemeral=True
@@ -400,6 +408,7 @@ class Service:
         await self.transport.close()
         await self.runtime.close()
         await self.store.close()
+        await asyncio.to_thread(self.telemetry.shutdown)
 
     async def submit(self, inquiry: InquiryReceived, *, tenant: str = "default") -> Envelope:
         """Publish an inquiry; its correlation id is its inquiry id."""

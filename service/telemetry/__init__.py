@@ -166,6 +166,8 @@ class Telemetry:
             self._otel.shutdown()
 
     def _record_health(self, call: ProviderCall) -> None:
+        if call.cached:
+            return  # the provider was not called: says nothing of its health
         self.recorder.record(
             call.service, call.operation, ok=call.ok, duration_ms=call.duration_s * 1000,
             error_class=call.error_class, message=self.redactor.scrub(call.message),

@@ -4,7 +4,7 @@
 It reads what the runtime did from :func:`actors.runtime.current_handling` once the handler
 returns: the call's start and end, and the result (the provider's, or the classified
 ``StepFailed``). A request answered from the inbox made no call; it is reported to
-``on_replay`` instead (a cache hit).
+``on_replay`` instead. A result from the result cache is a call with ``cached`` set.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class ProviderCall:
     usage: Usage | None
     correlation_id: str
     tenant: str
+    cached: bool = False
+    """Answered by the result cache: no provider was called, nothing was paid."""
     cost: float = 0.0
     """Priced by the price table given to :func:`provider_calls` (0 without one, or for a
     provider it does not list)."""
@@ -127,6 +129,7 @@ def _call(
         usage=usage,
         correlation_id=envelope.correlationid,
         tenant=envelope.tenant,
+        cached=bool(getattr(getattr(result, "provider", None), "cached", False)),
         cost=cost,
         currency=pricing.currency if pricing is not None else "USD",
     )

@@ -3,10 +3,13 @@ our instruments, provider-call client spans, the circuit-state gauge and the Pro
 exposition. Imported only when telemetry is enabled (it needs the ``otel`` extra).
 
 Exporters. ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` (comma-separated ``otlp``,
-``console``, ``none``) choose them; unset, OTLP (HTTP/protobuf) is used when an OTLP endpoint
-variable is set and nothing otherwise (unlike the SDK's default of OTLP to localhost): spans are
-then still made, so trace context propagates across the bus, but they go nowhere. Metrics are
-always readable as Prometheus text (:meth:`OtelPipeline.metrics_text`).
+``console``, ``none``) choose them; unset, OTLP is used when an OTLP endpoint variable is set
+and nothing otherwise (unlike the SDK, whose default is OTLP to localhost). OTLP goes over
+HTTP/protobuf (the extra), or gRPC with ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` if
+``opentelemetry-exporter-otlp-proto-grpc`` is installed. With no span exporter no spans are
+made at all: the bus only carries the trace context it is given (logs keep its ids), which
+costs next to nothing. Metrics are always readable as Prometheus text
+(:meth:`OtelPipeline.metrics_text`), and served on ``prometheus_port`` when it is set.
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ class TelemetryConfigError(ValueError):
 class Counter:
     """A monotonic counter summed in a dict and handed to OpenTelemetry when metrics are
     collected (an observable counter): on the bus's hot path an ``add`` is a dict update, not
-    an SDK call (which costs tens of microseconds). Callers build ``attributes`` with their
-    keys in a fixed order."""
+    an SDK call (several microseconds each). Callers build ``attributes`` with their keys in a
+    fixed order."""
 
     def __init__(self, meter: Meter, name: str, unit: str, description: str) -> None:
         self._values: dict[tuple[tuple[str, Any], ...], float] = {}
@@ -100,6 +103,7 @@ class Instruments:
     cost: Counter
     saga_cost: Counter
     inbox_replays: Counter
+    cache_hits: Counter
     saga_outcomes: Counter
     saga_duration: Histogram
 
@@ -145,6 +149,9 @@ class Instruments:
             inbox_replays=counter(
                 "ai_apps.actor.inbox_replays", "{request}",
                 "Redelivered requests answered from the inbox without calling the provider."),
+            cache_hits=counter(
+                "ai_apps.cache.hits", "{call}",
+                "Results served by the result cache instead of a provider call."),
             saga_outcomes=counter(
                 "ai_apps.saga.outcomes", "{saga}", "Finished sagas, by workflow and outcome."),
             saga_duration=histogram(
@@ -230,6 +237,8 @@ class OtelPipeline:
                 attributes["ai_apps.usage.audio_seconds"] = usage.audio_seconds
         if call.error_class is not None:
             attributes["error.type"] = call.error_class
+        if call.cached:
+            attributes["ai_apps.cache_hit"] = True
         if self.recording:
             span = self.tracer.start_span(
                 f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes,
@@ -241,8 +250,11 @@ class OtelPipeline:
 
         metric = {"ai_apps.service": call.service, "gen_ai.operation.name": operation,
                   "gen_ai.provider.name": call.provider, "gen_ai.request.model": model}
-        failed = {"error.type": call.error_class} if call.error_class is not None else {}
         i = self.instruments
+        if call.cached:  # nothing was called: a hit, not a provider call
+            i.cache_hits.add(1, {"ai_apps.service": call.service})
+            return
+        failed = {"error.type": call.error_class} if call.error_class is not None else {}
         i.provider_calls.add(1, {**metric, "ai_apps.outcome": "ok" if call.ok else "error"})
         i.provider_duration.record(call.duration_s, {**metric, **failed})
         if not call.ok:
@@ -273,10 +285,10 @@ class OtelPipeline:
 
     # -- Prometheus ------------------------------------------------------------------------
 
+    content_type = CONTENT_TYPE_LATEST
+
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
-
-    content_type = CONTENT_TYPE_LATEST
 
     def serve_metrics(self) -> int | None:
         """Serve ``/metrics`` on ``prometheus_port`` (0: any free port); returns the port."""

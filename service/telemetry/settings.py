@@ -47,9 +47,10 @@ class TelemetrySettings(BaseModel):
 
     With ``enabled`` false (the default) nothing of OpenTelemetry is imported: the health report
     still works (it is fed by the actor middleware), traces and metrics are off. With it true
-    the ``otel`` extra is needed (``pip install 'ai-apps[otel]'``); traces are exported as the
-    ``OTEL_*`` variables say (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_EXPORTER``…), and
-    with no exporter configured spans are made (so context still propagates) but go nowhere.
+    the ``otel`` extra is needed (``pip install 'ai-apps[otel]'``); traces and metrics are
+    exported as the ``OTEL_*`` variables say (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+    ``OTEL_TRACES_EXPORTER``, ``OTEL_SERVICE_NAME``…). With no span exporter configured no spans
+    are made: the bus carries the trace context it is given and logs keep its ids.
     """
 
     model_config = ConfigDict(frozen=True)

@@ -1,0 +1,354 @@
+"""Traces across the bus: producer and consumer spans linked through the envelope's
+traceparent, provider client spans, one saga span, over the in-memory bus."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from actors.capabilities import Translation
+from actors.providers.fake import FakeProviders, FakeTranslator, transient
+from bus import InMemoryTransport, RetryPolicy
+from events import BlobRef, Envelope, ResponseReady
+from events.common import ProviderInfo, Usage
+from saga.cost import Price, PriceTable
+from service.telemetry import Telemetry, TelemetrySettings
+from service.testing import FakeService, make_inquiry
+from tests.telemetry.conftest import attr, by_kind, instrument
+
+pytestmark = pytest.mark.otel
+
+REQUESTS = ("AnalyzeImageRequested", "DetectLanguageRequested", "TranslateTextRequested",
+            "GenerateResponseRequested", "SynthesizeSpeechRequested")
+RESULTS = ("ImageAnalyzed", "LanguageDetected", "TextTranslated", "ResponseGenerated",
+           "SpeechSynthesized")
+
+
+async def every_step(svc: FakeService) -> Envelope:
+    """A Spanish inquiry with a photo and a voice reply: every support step runs."""
+    svc.fakes.language.language = "es"
+    photo: BlobRef = await svc.blobs.put(b"\x89PNG fake", "image/png", "label.png")
+    await svc.submit(make_inquiry(message="Mi cafetera llegó rota", attachments=(photo,),
+                                  voice_reply=True))
+    done = await svc.wait("inq-1", timeout=10)
+    await svc.settle()
+    return done
+
+
+def parent_of(span: ReadableSpan, spans: dict[int, ReadableSpan]) -> ReadableSpan | None:
+    return spans.get(span.parent.span_id) if span.parent is not None else None
+
+
+class TestOneTrace:
+    async def test_an_inquiry_is_one_trace_covering_every_step(
+        self, traced: FakeService, spans: InMemorySpanExporter
+    ) -> None:
+        """Every span of the inquiry is in one trace with one root: the inquiry's publish."""
+        done = await every_step(traced)
+        assert isinstance(done.data, ResponseReady)
+        finished = spans.get_finished_spans()
+        assert len({s.context.trace_id for s in finished}) == 1
+        roots = [s for s in finished if s.parent is None]
+        assert [r.name for r in roots] == ["publish InquiryReceived"]
+        names = {s.name for s in finished}
+        for event_type in (*REQUESTS, *RESULTS, "InquiryReceived", "ResponseReady"):
+            assert f"publish {event_type}" in names
+            assert f"process {event_type}" in names
+        assert "saga support" in names
+        clients = by_kind(finished, SpanKind.CLIENT)
+        assert len(clients) == len(traced.fakes.calls()) == 6
+
+    async def test_spans_are_parented_along_the_path_of_the_request(
+        self, traced: FakeService, spans: InMemorySpanExporter
+    ) -> None:
+        """Consumer → its message's producer; a follow-up's producer → the consumer that
+        published it; a provider call → the actor's consumer; the saga → the inquiry."""
+        await every_step(traced)
+        finished = spans.get_finished_spans()
+        index = {s.context.span_id: s for s in finished}
+        for consumer in by_kind(finished, SpanKind.CONSUMER):
+            producer = parent_of(consumer, index)
+            assert producer is not None, consumer.name
+            assert producer.kind is SpanKind.PRODUCER, consumer.name
+            assert attr(producer, "messaging.message.id") == attr(consumer, "messaging.message.id")
+        for producer in by_kind(finished, SpanKind.PRODUCER):
+            if producer.name == "publish InquiryReceived":
+                continue
+            handler = parent_of(producer, index)
+            assert handler is not None, producer.name
+            assert handler.kind is SpanKind.CONSUMER, producer.name
+            group = attr(handler, "messaging.consumer.group.name")
+            if producer.name.removeprefix("publish ") in (*REQUESTS, "ResponseReady"):
+                assert group == "saga-coordinator"
+            else:
+                assert group.startswith("actor."), producer.name
+        for client in by_kind(finished, SpanKind.CLIENT):
+            handler = parent_of(client, index)
+            assert handler is not None
+            assert attr(handler, "messaging.consumer.group.name") == (
+                f"actor.{attr(client, 'ai_apps.service')}"
+            )
+        (saga,) = [s for s in finished if s.name == "saga support"]
+        root = parent_of(saga, index)
+        assert root is not None
+        assert root.name == "publish InquiryReceived"
+
+    async def test_spans_carry_the_semantic_convention_attributes(
+        self, traced: FakeService, spans: InMemorySpanExporter
+    ) -> None:
+        """messaging.* on bus spans; gen_ai.* and our usage and cost on provider spans."""
+        await every_step(traced)
+        finished = spans.get_finished_spans()
+        (publish,) = [s for s in finished if s.name == "publish GenerateResponseRequested"]
+        assert attr(publish, "messaging.system") == "ai_apps.memory"
+        assert attr(publish, "messaging.operation.type") == "send"
+        assert attr(publish, "messaging.destination.name") == "GenerateResponseRequested"
+        assert attr(publish, "messaging.message.conversation_id") == "inq-1"
+        (chat,) = [s for s in by_kind(finished, SpanKind.CLIENT)
+                   if attr(s, "ai_apps.service") == "responder"]
+        assert chat.name == "chat fake-1"
+        assert attr(chat, "gen_ai.system") == attr(chat, "gen_ai.provider.name") == "fake"
+        assert attr(chat, "gen_ai.request.model") == "fake-1"
+        assert attr(chat, "gen_ai.usage.input_tokens") > 0
+        assert attr(chat, "gen_ai.usage.output_tokens") > 0
+        assert attr(chat, "ai_apps.cost") == 0.0  # no price table given
+        (translate,) = [s for s in by_kind(finished, SpanKind.CLIENT)
+                        if attr(s, "ai_apps.step") == "translate_in"]
+        assert attr(translate, "ai_apps.usage.characters") > 0
+        (saga,) = [s for s in finished if s.name == "saga support"]
+        assert attr(saga, "ai_apps.saga.outcome") == "completed"
+        assert attr(saga, "ai_apps.saga.id") == "inq-1"
+
+    async def test_a_failed_provider_call_is_an_error_span_with_its_class(
+        self, traced: FakeService, spans: InMemorySpanExporter
+    ) -> None:
+        """The retried call's first span is an error with ``error.type``; the trace goes on."""
+        traced.fakes.responder.behaviour.fail_next(transient())
+        await traced.submit(make_inquiry(language="en"))
+        await traced.settle()
+        await traced.advance(1.0)  # the step's retry timer
+        await traced.wait("inq-1", timeout=5)
+        finished = spans.get_finished_spans()
+        calls = [s for s in by_kind(finished, SpanKind.CLIENT) if attr(s, "ai_apps.service") == "responder"]
+        assert [c.status.status_code for c in calls] == [StatusCode.ERROR, StatusCode.UNSET]
+        assert attr(calls[0], "error.type") == "transient"
+        assert len({s.context.trace_id for s in finished}) == 1
+
+
+class TestCost:
+    async def test_calls_and_sagas_are_priced_by_the_price_table(
+        self, tmp_path: Path, spans: InMemorySpanExporter
+    ) -> None:
+        """A call's ``ai_apps.cost`` is its usage at the table's prices; the saga span carries
+        the terminal event's total."""
+        pricing = PriceTable(version="test", prices=(
+            Price(provider="fake", per_1k_input_tokens=Decimal(1000), per_1k_output_tokens=Decimal(1000)),
+        ))
+        telemetry = Telemetry(TelemetrySettings(enabled=True), span_exporter=spans, pricing=pricing)
+        async with instrument(FakeService(tmp_path, pricing=pricing), telemetry) as svc:
+            await svc.submit(make_inquiry(language="en"))
+            done = await svc.wait("inq-1", timeout=5)
+            await svc.settle()
+            text = telemetry.metrics_text().decode()
+        assert isinstance(done.data, ResponseReady)
+        finished = spans.get_finished_spans()
+        (chat,) = by_kind(finished, SpanKind.CLIENT)
+        tokens = attr(chat, "gen_ai.usage.input_tokens") + attr(chat, "gen_ai.usage.output_tokens")
+        assert attr(chat, "ai_apps.cost") == float(tokens)
+        (saga,) = [s for s in finished if s.name == "saga support"]
+        assert done.data.cost is not None
+        assert attr(saga, "ai_apps.cost") == float(done.data.cost.total) == float(tokens)
+        assert "ai_apps_saga_cost_total" in text
+
+
+    async def test_cache_hits_are_marked_and_kept_out_of_provider_health(
+        self, tmp_path: Path, spans: InMemorySpanExporter
+    ) -> None:
+        """A result the result cache answered (``provider.cached``) is marked on its span and
+        counted as a cache hit, not as a call of the provider."""
+
+        class CachingTranslator(FakeTranslator):
+            """Answers a text it has seen as the result cache does: marked cached, no usage."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.seen: set[tuple[str, str]] = set()
+
+            async def translate(
+                self, text: str, to_language: str, from_language: str | None = None
+            ) -> Translation:
+                done = await super().translate(text, to_language, from_language)
+                if (text, to_language) in self.seen:
+                    cached = ProviderInfo(name="fake", model="fake-1", cached=True)
+                    return dataclasses.replace(done, provider=cached, usage=Usage())
+                self.seen.add((text, to_language))
+                return done
+
+        telemetry = Telemetry(TelemetrySettings(enabled=True), span_exporter=spans)
+        fakes = FakeProviders(translation=CachingTranslator())
+        async with instrument(FakeService(tmp_path, providers=fakes), telemetry) as svc:
+            for inquiry_id in ("inq-1", "inq-2"):
+                await svc.submit(make_inquiry(inquiry_id, message="Hola", language="es"))
+                await svc.wait(inquiry_id, timeout=5)
+            await svc.settle()
+            text = telemetry.metrics_text().decode()
+        translations = [s for s in by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
+                        if attr(s, "ai_apps.service") == "translation"]
+        assert [bool(attr(s, "ai_apps.cache_hit")) for s in translations] == [
+            False, False, True, True
+        ]
+        assert 'ai_apps_cache_hits_total{ai_apps_service="translation"' in text
+        operations = telemetry.health()["services"]["translation"]["operations"]
+        assert sum(op["calls"] for op in operations.values()) == 2
+
+
+class TestContextSurvivesRedelivery:
+    async def test_retries_and_redrive_are_handled_in_the_publishers_trace(
+        self, telemetry: Telemetry, spans: InMemorySpanExporter
+    ) -> None:
+        """Two failed deliveries, a dead letter, a re-drive: all three handlings are children
+        of the one publish span, because the context travels in the message."""
+        inner = InMemoryTransport(
+            retry=RetryPolicy(max_attempts=2, initial_delay=0.001, jitter=0), drain_timeout=0
+        )
+        bus = telemetry.instrument_transport(inner)
+        healthy = False
+
+        async def handler(envelope: Envelope) -> None:
+            if not healthy:
+                raise RuntimeError("down")
+
+        await bus.subscribe("g", ["InquiryReceived"], handler)
+        await bus.start()
+        try:
+            await bus.publish(Envelope.new(make_inquiry(), correlationid="inq-1"))
+            await inner.idle(5)
+            assert len(await bus.dead_letters("g")) == 1
+            healthy = True
+            assert await bus.redrive() == 1
+            await inner.idle(5)
+        finally:
+            await bus.close()
+        finished = spans.get_finished_spans()
+        (producer,) = [s for s in finished if s.name == "publish InquiryReceived"]
+        handled = [s for s in finished if s.name == "process InquiryReceived"]
+        assert [s.status.status_code for s in handled] == [
+            StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET
+        ]
+        for span in handled:
+            assert span.parent is not None
+            assert span.parent.span_id == producer.context.span_id
+            assert span.context.trace_id == producer.context.trace_id
+        assert attr(handled[0], "error.type") == "RuntimeError"
+
+
+class TestPublishContext:
+    async def test_without_a_current_span_the_envelopes_context_is_the_parent(
+        self, telemetry: Telemetry, spans: InMemorySpanExporter
+    ) -> None:
+        """An event re-published with no span current (a timer, the outbox relay) stays in its
+        trace: the producer span's parent is the context the envelope carries."""
+        inner = InMemoryTransport(drain_timeout=0)
+        bus = telemetry.instrument_transport(inner)
+        got: list[Envelope] = []
+
+        async def handler(envelope: Envelope) -> None:
+            got.append(envelope)
+
+        await bus.subscribe("g", ["InquiryReceived"], handler)
+        await bus.start()
+        carried = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        try:
+            await bus.publish(Envelope.new(make_inquiry(), correlationid="inq-1", traceparent=carried))
+            await inner.idle(5)
+        finally:
+            await bus.close()
+        (producer,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+        assert format(producer.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+        assert producer.parent is not None
+        assert format(producer.parent.span_id, "016x") == "b7ad6b7169203331"
+        (envelope,) = got
+        assert envelope.traceparent == (
+            f"00-0af7651916cd43dd8448eb211c80319c-{producer.context.span_id:016x}-01"
+        )
+
+
+class TestMetrics:
+    async def test_prometheus_text_has_bus_provider_saga_and_circuit_metrics(
+        self, traced: FakeService, telemetry: Telemetry
+    ) -> None:
+        await every_step(traced)
+        text = telemetry.metrics_text().decode()
+        for name in ("messaging_client_sent_messages_total", "messaging_client_consumed_messages_total",
+                     "messaging_process_duration_seconds_bucket", "gen_ai_client_operation_duration_seconds",
+                     "ai_apps_provider_calls_total", "gen_ai_client_token_usage",
+                     "ai_apps_usage_characters_total", "ai_apps_cost_total",
+                     "ai_apps_saga_outcomes_total", "ai_apps_saga_duration_seconds",
+                     "ai_apps_circuit_state"):
+            assert name in text, name
+        assert 'ai_apps_workflow="support"' in text
+        assert 'ai_apps_service="responder"' in text
+
+
+class TestDisabled:
+    def test_off_by_default_changes_nothing(self, tmp_path: Path) -> None:
+        """Disabled: the transport is returned as it is and metrics say how to turn them on;
+        the health middleware is still there."""
+        telemetry = Telemetry()
+        inner = InMemoryTransport()
+        assert telemetry.instrument_transport(inner) is inner
+        assert not telemetry.enabled
+        assert b"AIAPPS_TELEMETRY__ENABLED" in telemetry.metrics_text()
+        assert len(telemetry.actor_middleware()) == 1
+
+    async def test_health_is_reported_without_opentelemetry(self, tmp_path: Path) -> None:
+        telemetry = Telemetry(TelemetrySettings(enabled=False))
+        async with instrument(FakeService(tmp_path), telemetry) as svc:
+            await svc.submit(make_inquiry(language="en"))
+            await svc.wait("inq-1", timeout=5)
+        report = telemetry.health()
+        assert report["services"]["responder"]["operations"]["respond"]["calls"] == 1
+
+    async def test_enabled_without_an_exporter_only_carries_the_context_through(self) -> None:
+        """No exporter: no spans are made, but a handler runs in the trace its event carries,
+        and what it publishes carries that trace on (metrics are still kept)."""
+        telemetry = Telemetry(TelemetrySettings(enabled=True))
+        inner = InMemoryTransport(drain_timeout=0)
+        bus = telemetry.instrument_transport(inner)
+        seen: list[str] = []
+
+        async def hop(envelope: Envelope) -> None:
+            seen.append(format(trace.get_current_span().get_span_context().trace_id, "032x"))
+            await bus.publish(Envelope.new(make_inquiry("inq-2"), correlationid="inq-2"))
+
+        async def sink(envelope: Envelope) -> None:
+            seen.append(envelope.traceparent or "")
+
+        await bus.subscribe("hop", ["ResponseReady"], hop)
+        await bus.subscribe("sink", ["InquiryReceived"], sink)
+        await bus.start()
+        carried = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        done = ResponseReady(inquiry_id="inq-1", text="hi", language="en", confidence=1,
+                             escalation_required=False, processing_time_ms=1)
+        try:
+            await bus.publish(Envelope.new(done, correlationid="inq-1", traceparent=carried))
+            await inner.idle(5)
+            assert b"messaging_client_sent_messages_total" in telemetry.metrics_text()
+        finally:
+            await bus.close()
+            telemetry.shutdown()
+        assert seen == ["0af7651916cd43dd8448eb211c80319c", carried]
+
+    def test_an_unknown_exporter_is_a_configuration_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from service import ConfigurationError
+
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+        with pytest.raises(ConfigurationError, match="zipkin"):
+            Telemetry(TelemetrySettings(enabled=True))
