@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from bus._wire import retryable as _retryable
 from bus.base import ALL_TYPES, DeadLetter, Handler, RetryPolicy, TransportError
 from events.base import EventRegistry, registry
 from events.envelope import Envelope, decode, encode, utcnow
-from events.errors import AiAppsError, DecodeError
+from events.errors import DecodeError
 
 log = structlog.get_logger("bus.memory")
 
@@ -263,9 +264,3 @@ class InMemoryTransport:
             )
         )
 
-
-def _retryable(exc: BaseException) -> bool:
-    """Our own errors say whether retrying can help; anything else may be transient."""
-    if isinstance(exc, AiAppsError):
-        return exc.retryable
-    return True

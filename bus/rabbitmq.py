@@ -32,7 +32,6 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aio_pika
@@ -49,10 +48,14 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
+from bus._wire import header_int as _int
+from bus._wire import header_text as _text
+from bus._wire import header_time as _time
+from bus._wire import retryable as _retryable
 from bus.base import DeadLetter, Handler, RetryPolicy, TransportError
 from events.base import EventRegistry, registry
 from events.envelope import CONTENT_TYPE, Envelope, decode, encode, utcnow
-from events.errors import AiAppsError, DecodeError
+from events.errors import DecodeError
 
 log = structlog.get_logger("bus.rabbitmq")
 
@@ -695,11 +698,6 @@ async def _settle(message: AbstractIncomingMessage) -> None:
         await message.nack(requeue=True)
 
 
-def _retryable(exc: BaseException) -> bool:
-    """Our own errors say whether retrying can help; anything else may be transient."""
-    if isinstance(exc, AiAppsError):
-        return exc.retryable
-    return True
 
 
 def _is_broker_death(key: str) -> bool:
@@ -753,32 +751,10 @@ def _dead_letter_of(group: str, message: AbstractIncomingMessage) -> DeadLetter:
     )
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
 
 
-def _int(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(_text(value))
-    except ValueError:
-        return None
-    # sorted with the others: never naive
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _safe_url(url: str) -> str:

@@ -78,6 +78,10 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
+from bus._wire import header_int as _int
+from bus._wire import header_text as _text
+from bus._wire import header_time as _time
+from bus._wire import retryable as _retryable
 from bus.base import DeadLetter, Handler, RetryPolicy, TransportError
 from bus.servicebus_admin import (
     EPHEMERAL_IDLE,
@@ -91,7 +95,7 @@ from bus.servicebus_admin import (
 )
 from events.base import EventRegistry, registry
 from events.envelope import CONTENT_TYPE, Envelope, decode, encode, utcnow
-from events.errors import AiAppsError, DecodeError
+from events.errors import DecodeError
 
 log = structlog.get_logger("bus.servicebus")
 
@@ -986,11 +990,6 @@ def _not_implemented(exc: ServiceBusError) -> bool:
     return "not-implemented" in text or "Status Code: 501" in text
 
 
-def _retryable(exc: BaseException) -> bool:
-    """Our own errors say whether retrying can help; anything else may be transient."""
-    if isinstance(exc, AiAppsError):
-        return exc.retryable
-    return True
 
 
 def _clip(text: str) -> str:
@@ -1005,28 +1004,10 @@ def _json_object(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
 
 
-def _int(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(_text(value))
-    except ValueError:
-        return None
 
 
 __all__ = [
