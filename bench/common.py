@@ -94,6 +94,9 @@ def command() -> str:
 
 def save(result: dict[str, Any], out_dir: Path | None, name: str) -> dict[str, Any]:
     """Write ``result`` to ``out_dir/<name>-<timestamp>.json`` (its ``path`` is set)."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        started = datetime.fromisoformat(str(result["time"]))
+        result.setdefault("duration_s", round((datetime.now(UTC) - started).total_seconds()))
     if out_dir is None:
         return result
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -37,13 +37,13 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "hop": {"n": 2000, "rounds": 5},
         "saga": {"n": 40, "latency": 0.05},
-        "inflight": {"n": 2000, "latency": 1.0},
+        "inflight": {"n": 1000, "latency": 1.0},
         "scaleout": {"n": 200, "rounds": 5, "cpu_ms": 20.0, "workers": (1, 2, 4)},
     },
     "quick": {
         "hop": {"n": 300, "rounds": 2},
         "saga": {"n": 8, "latency": 0.05, "warmup": 2},
-        "inflight": {"n": 500, "latency": 1.0},
+        "inflight": {"n": 200, "latency": 1.0},
         "scaleout": {"n": 80, "rounds": 1, "cpu_ms": 20.0, "workers": (1, 2, 4)},
     },
 }
@@ -58,9 +58,11 @@ async def run_part(part: str, size: str, out_dir: Path, quiet: bool = False) -> 
     if part == "hop":
         from bench import hop
 
+        started = time.perf_counter()
         result = await hop.run(out_dir=out_dir, quiet=quiet, **params)
         # hop.py writes its own file: add what the other parts record in theirs
-        result |= {"command": command(), "machine": machine(), "params": params}
+        result |= {"command": command(), "machine": machine(), "params": params,
+                   "duration_s": round(time.perf_counter() - started)}
         if "path" in result:
             text = json.dumps(result, indent=2) + "\n"
             await asyncio.to_thread(Path(result["path"]).write_text, text)
@@ -104,13 +106,19 @@ def latest(out_dir: Path, part: str) -> dict[str, Any] | None:
     return results[-1]
 
 
+def _cache_on(result: dict[str, Any]) -> bool:
+    return str(result["params"].get("result_cache", "")).startswith("on")
+
+
 def latest_by_n(out_dir: Path, part: str) -> list[dict[str, Any]]:
-    """The newest result of ``part`` for each store and size ``n``."""
-    by_n: dict[tuple[str, int], dict[str, Any]] = {}
+    """The newest result of ``part`` for each store, result cache setting and size ``n``."""
+    by_n: dict[tuple[str, bool, int], dict[str, Any]] = {}
     for result in load_all(out_dir, part):
-        key = (str(result["params"].get("store", "sqlite")), int(result["params"]["n"]))
+        key = (str(result["params"].get("store", "sqlite")), _cache_on(result),
+               int(result["params"]["n"]))
         by_n[key] = result
-    return [by_n[k] for k in sorted(by_n, key=lambda k: (not k[0].startswith("sqlite"), k[1]))]
+    return [by_n[k] for k in sorted(
+        by_n, key=lambda k: (not k[0].startswith("sqlite"), not k[1], k[2]))]
 
 
 # -- plots --------------------------------------------------------------------------------------
@@ -241,6 +249,23 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {
 # -- the report ---------------------------------------------------------------------------------
 
 
+def _commands(results: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per result the report uses: its command, part, date and duration."""
+    seen: set[str] = set()
+    lines = []
+    for r in sorted(results, key=lambda r: str(r.get("time", ""))):
+        if r["path"] in seen:
+            continue
+        seen.add(r["path"])
+        took = f", {r['duration_s'] / 60:.1f} min" if r.get("duration_s") is not None else ""
+        what = r["benchmark"]
+        if what == "inflight":  # the runner's default size has changed over time: say it
+            what += (f" (n = {r['params']['n']:,}, {r['params'].get('store')}, result cache "
+                     f"{'on' if _cache_on(r) else 'off'})")
+        lines.append(f"- `{r.get('command', '?')}`: {what}, {_when(r)}{took}")
+    return lines
+
+
 def _when(result: dict[str, Any]) -> str:
     return str(result.get("time", "?")).replace("T", " ").replace("+00:00", " UTC")
 
@@ -301,8 +326,10 @@ def headline(results: dict[str, dict[str, Any] | None]) -> list[str]:
             f"; {s['rows_changed_per_saga']:.0f} rows in {s['commits_per_saga']:.0f} commits "
             f"and {_f(s['process_bytes_written_per_saga'], ',.0f')} bytes written per saga"
         )
+        cache = "on" if _cache_on(inflight) else "off"
         rows.append(
-            f"| {inflight['params']['n']:,} sagas in flight ({inflight['params'].get('store')}) "
+            f"| {inflight['params']['n']:,} sagas in flight ({inflight['params'].get('store')}, "
+            f"result cache {cache}) "
             f"| time to finish / ideal = **{_f(f['elapsed_over_ideal'])}**; "
             f"{m['rss_per_in_flight_saga_kb']:.0f} KB per saga{writes} | — | — |"
         )
@@ -349,9 +376,11 @@ def section_saga(result: dict[str, Any]) -> list[str]:
         "workflow definition (the longest chain of `needs`, over the steps that ran): "
         f"{' → '.join(f'`{s}`' for s in w['critical_path_steps'])} = "
         f"**{w['critical_path_ms']:.0f} ms**. Inquiries run one at a time, the variants "
-        "interleaved. Every inquiry has its own text and image, so the result cache "
-        f"(here: {result['params'].get('result_cache', 'n/a')}) never answers for a provider.",
-        "",
+        "interleaved. Every inquiry has its own text and image, so the result cache never "
+        "answers for a provider" + (
+            " (it is on, as by default: each call pays its lookup and its write)."
+            if _cache_on(result) else " (it is off in this run)."
+        ), "",
         saga_overhead.table(result), "",
         "![saga overhead](saga.png)", "",
         "Variants: " + "; ".join(f"**{k}**: {v['description']}"
@@ -412,11 +441,11 @@ def section_saga(result: dict[str, Any]) -> list[str]:
                 f"way to the provider and back {hops:.1f} ms, the timer "
                 f"{t.get('timer_lateness', 0.0):.1f} ms"
             )
-        budget = result["variants"].get("memory", {}).get("goal_ms", 10.0) / (steps + 1)
+        budget = result["variants"].get("memory", {}).get("goal_ms", 10.0) / max(steps, 1)
         out.append(
             "- Where a step's time goes (the trace table above, from a separate traced run): "
-            + "; ".join(parts) + f". The in-process goal leaves about {budget:.1f} ms per "
-            f"step all included ({steps} steps plus the start and the end), so the "
+            + "; ".join(parts) + f". The in-process goal leaves at most {budget:.1f} ms per "
+            f"step on the chain of {steps}, everything included, so the "
             "coordinator's load → apply → save is the first place to cut, then the "
             "actor's inbox round trips."
         )
@@ -439,8 +468,13 @@ def section_inflight(result: dict[str, Any], sizes: Sequence[dict[str, Any]] = (
         f"Every inquiry is submitted at once to one process (in-memory bus, {p.get('store')} "
         f"store), each provider call takes {p['latency_s']:g} s; step and provider-call "
         f"timeouts are {p.get('timeouts', '?')} so that a backlog shows as time rather than as "
-        "fallbacks. Every inquiry has its own text and image: the result cache (here: "
-        f"{p.get('result_cache', 'n/a')}) costs its lookups and writes but saves nothing.", "",
+        "fallbacks. Every inquiry has its own text and image, so the result cache could "
+        "not save a call: " + (
+            "here it is on, and costs its lookups and writes." if _cache_on(result) else
+            "here it is off (`--no-result-cache`): with it on, the CPU per saga grows with "
+            "the number of sagas (see *Growth* below), which at this size would measure the "
+            "cache rather than the sagas. The runs with it on are in the table at the end."
+        ), "",
         inflight.table(result), "",
         "![sagas in flight](inflight.png)", "",
         f"- **Time to finish**: {f['elapsed_s']:.1f} s against an ideal of "
@@ -458,7 +492,15 @@ def section_inflight(result: dict[str, Any], sizes: Sequence[dict[str, Any]] = (
         f"measured (the process kept {_f(f.get('cpu_utilisation'))} cores busy on average: "
         "the sagas move in waves, all waiting on their providers together, then all "
         "competing for the loop). So one process is bound by its CPU per saga, and the way "
-        "up is less work per saga or more processes (section 4)." + _store_share(result, sizes),
+        "up is less work per saga or more processes (section 4)." + _store_share(result, sizes)
+        + (
+            f" No saga finished before {f['first_finished_s']:.0f} s: the bus queues are "
+            "first in, first out across all sagas, so every saga's step k is handled before "
+            "any saga's step k + 1 and each saga waits for nearly the whole batch; a saga "
+            "close to its end gets no priority."
+            if f.get("first_finished_s") and f["first_finished_s"] > 0.5 * f["elapsed_s"]
+            else ""
+        ),
         f"- **Memory**: the resident set grew from {m['rss_before_mb']:.0f} MB to "
         f"{m['rss_peak_mb']:.0f} MB with up to {m['in_flight_max']:,} sagas in flight: "
         f"**{m['rss_per_in_flight_saga_kb']:.0f} KB per in-flight saga**. This is an upper "
@@ -484,16 +526,18 @@ def section_inflight(result: dict[str, Any], sizes: Sequence[dict[str, Any]] = (
             "written and deleted again once published, and every step leaves a deadline "
             "timer until the saga ends."
         )
+    out.append(_growth(sizes))
     out.append("")
     if len(sizes) > 1:
         out += [
             "By store and size (the newest result of each; each a run of its own, on its own "
             "date and load, so compare them only roughly):", "",
-            "| store | n | finished in s | / ideal | sagas/s | CPU ms per saga | CPU busy "
-            "| outcomes | KB per saga | run |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+            "| store | result cache | n | finished in s | / ideal | sagas/s | CPU ms per saga "
+            "| CPU busy | outcomes | KB per saga | run |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
             *(
-                f"| {r['params'].get('store', 'sqlite')} | {r['params']['n']:,} "
+                f"| {r['params'].get('store', 'sqlite')} | {'on' if _cache_on(r) else 'off'} "
+                f"| {r['params']['n']:,} "
                 f"| {r['finish']['elapsed_s']:.1f} "
                 f"| {_f(r['finish']['elapsed_over_ideal'])} | {_f(r['finish']['sagas_per_s'], '.0f')} "
                 f"| {_f(r['finish'].get('cpu_ms_per_saga'), '.1f')} "
@@ -508,26 +552,62 @@ def section_inflight(result: dict[str, Any], sizes: Sequence[dict[str, Any]] = (
     return out
 
 
+def _growth(sizes: Sequence[dict[str, Any]]) -> str:
+    """A note when the CPU per saga grows with the number of sagas (work that scans)."""
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for r in sizes:
+        groups.setdefault((str(r["params"].get("store")), _cache_on(r)), []).append(r)
+    notes = []
+    for (store, cache_on), runs in groups.items():
+        runs = sorted(runs, key=lambda r: r["params"]["n"])
+        small, big = runs[0], runs[-1]
+        a = small["finish"].get("cpu_ms_per_saga")
+        b = big["finish"].get("cpu_ms_per_saga")
+        if len(runs) < 2 or not a or not b or b / a < 1.3:
+            continue
+        note = (
+            f"with the {store} store and the result cache {'on' if cache_on else 'off'}, the "
+            f"CPU per saga grows with the number of sagas ({a:.0f} ms at n = "
+            f"{small['params']['n']:,}, {b:.0f} ms at n = {big['params']['n']:,}): some work "
+            "costs more as the store fills"
+        )
+        if cache_on and store.startswith("sqlite"):
+            note += (
+                ". The likely culprit is the result cache's expiry: every `cache_put` runs "
+                "`DELETE FROM result_cache WHERE expires_at <= ?`, which has no index to use, "
+                "so each write scans the whole table, whose rows hold the cached results "
+                "(the synthesised audio among them) ahead of `expires_at`. An index on "
+                "`expires_at`, or expiring in batches from the timer loop rather than on "
+                "every write, would make it constant again"
+            )
+        notes.append(note)
+    if not notes:
+        return ""
+    return "- **Growth**: " + "; ".join(notes) + "."
+
+
 def _store_share(result: dict[str, Any], sizes: Sequence[dict[str, Any]]) -> str:
     """How much of the CPU per saga is the SQLite store, from the largest size with both a
     SQLite and a memory-store result."""
-    by_store: dict[str, dict[int, dict[str, Any]]] = {"sqlite": {}, "memory": {}}
+    by_store: dict[str, dict[tuple[bool, int], dict[str, Any]]] = {"sqlite": {}, "memory": {}}
     for r in sizes:
         kind = "memory" if r["params"].get("store") == "memory" else "sqlite"
-        by_store[kind][int(r["params"]["n"])] = r
-    both = sorted(set(by_store["sqlite"]) & set(by_store["memory"]))
+        by_store[kind][(_cache_on(r), int(r["params"]["n"]))] = r
+    both = sorted(set(by_store["sqlite"]) & set(by_store["memory"]),
+                  key=lambda k: (k[0] == _cache_on(result), k[1]))
     if not both:
         return ""
-    n = both[-1]
-    store = by_store["sqlite"][n].get("store") or {}
+    cache_on, n = both[-1]
+    store = by_store["sqlite"][both[-1]].get("store") or {}
     statements = (store.get("write_statements_per_saga", 0)
                   + store.get("read_statements_per_saga", 0) + store.get("commits_per_saga", 0))
-    sqlite_ms = by_store["sqlite"][n]["finish"].get("cpu_ms_per_saga")
-    memory_ms = by_store["memory"][n]["finish"].get("cpu_ms_per_saga")
+    sqlite_ms = by_store["sqlite"][both[-1]]["finish"].get("cpu_ms_per_saga")
+    memory_ms = by_store["memory"][both[-1]]["finish"].get("cpu_ms_per_saga")
     if not sqlite_ms or not memory_ms:
         return ""
     return (
-        f" How much of that is the store: at n = {n:,}, the same run with the in-memory store "
+        f" How much of that is the store: at n = {n:,} with the result cache "
+        f"{'on' if cache_on else 'off'}, the same run with the in-memory store "
         f"cost {memory_ms:.1f} ms of CPU per saga against {sqlite_ms:.1f} ms with SQLite "
         f"(two separate runs, in the table below), so the SQLite store is about "
         f"{(sqlite_ms - memory_ms) / sqlite_ms:.0%} of the CPU per saga: "
@@ -549,9 +629,10 @@ def section_scaleout(result: dict[str, Any]) -> list[str]:
         f"(`python -m bench.worker --actors vision --cpu-ms {p['cpu_ms']:g}`) competing for one "
         f"RabbitMQ queue, each with {p['concurrency_per_worker']} handlers and the "
         f"{p['inbox_store']} inbox; the client publishes {p['n']} requests per round, each with "
-        "an image of its own (so the result cache, here "
-        f"{p.get('result_cache', 'n/a')}, never answers), and counts the results. Worker "
-        "counts are interleaved per round; ratios are per round, then the median.", "",
+        "an image of its own (so the result cache, "
+        f"{'on' if _cache_on(result) else 'off'} here, never answers), and counts the "
+        "results. Worker counts are interleaved per round; ratios are per round, then the "
+        "median.", "",
         scaleout.table(result), "",
         "![scale-out](scaleout.png)", "",
     ]
@@ -698,6 +779,7 @@ def build_report(
     report_dir.mkdir(parents=True, exist_ok=True)
     results = {part: latest(out_dir, part) for part in PARTS}
     sizes = latest_by_n(out_dir, "inflight")
+    used = [r for r in results.values() if r is not None] + sizes
     sections: dict[str, Callable[[dict[str, Any]], list[str]]] = {
         "hop": section_hop, "saga": section_saga,
         "inflight": lambda r: section_inflight(r, sizes), "scaleout": section_scaleout,
@@ -710,15 +792,21 @@ def build_report(
         "critical path for a saga, the ideal for many sagas in flight, linear scaling for "
         "more workers.",
         "",
-        "Reproduce everything (about 5 minutes; RabbitMQ and PostgreSQL as for the "
-        "distributed tests, `AIAPPS_TEST_AMQP_URL` / `AIAPPS_TEST_POSTGRES_URL`, and "
-        "`pip install matplotlib`):",
+        "Run it (RabbitMQ and PostgreSQL as for the distributed tests, "
+        "`AIAPPS_TEST_AMQP_URL` / `AIAPPS_TEST_POSTGRES_URL`, and `pip install matplotlib`):",
         "",
         "```bash",
-        ".venv/bin/python -m bench.run                     # every part, default sizes",
-        ".venv/bin/python -m bench.run --only saga         # one part: hop|saga|inflight|scaleout",
-        ".venv/bin/python -m bench.run --quick             # small sizes",
+        ".venv/bin/python -m bench.run                  # every part at its default size",
+        ".venv/bin/python -m bench.run --only saga      # one part: hop|saga|inflight|scaleout",
+        ".venv/bin/python -m bench.run --quick          # small sizes, into bench/results/quick/",
+        ".venv/bin/python -m bench.run --report-only    # rebuild this report from bench/results/",
         "```",
+        "",
+        "Each module also runs alone, with more options (`.venv/bin/python -m bench.inflight "
+        "--help`). The figures below come from these commands, run on the dates given, "
+        "oldest first:",
+        "",
+        *_commands(used),
         "",
     ]
     if invoked:

@@ -145,8 +145,7 @@ def result_cache(settings: Settings) -> str:
     cache = getattr(getattr(settings, "cost", None), "cache", None)
     if cache is None:
         return "not in this version"
-    return "on (every input is distinct: every call misses)" if getattr(
-        cache, "enabled", False) else "off"
+    return "on" if getattr(cache, "enabled", False) else "off"
 
 
 @dataclass

@@ -164,6 +164,7 @@ CREATE TABLE IF NOT EXISTS {s}.result_cache (
     value BYTEA NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL
 );
+CREATE INDEX IF NOT EXISTS result_cache_expires ON {s}.result_cache (expires_at);
 """
 
 _LEDGER_COLUMNS = (
