@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
+import uuid
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -78,6 +79,7 @@ def _write_once(path: Path, data: bytes) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # a name of its own: two writers of the same bytes at once must not share a temporary file
+    tmp = path.with_suffix(f"{path.suffix}.{uuid.uuid4().hex}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

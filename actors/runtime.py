@@ -196,6 +196,14 @@ class ActorRuntime:
                 message=f"{actor.service} did not answer within {actor.call_timeout:g}s",
                 retryable=True,
             )
+        except Exception:
+            # a bug or a crash, not a provider's answer: give the claim back at once, so the
+            # bus's retry does not wait out the lease of a delivery that is over. (A cancelled
+            # delivery keeps its claim: the call may have been made; the lease decides.)
+            if self.inbox is not None:
+                with contextlib.suppress(Exception):
+                    await self.inbox.claim_request(envelope.id, owner, 0.0)
+            raise
         finally:
             handling.ended_ns = time.time_ns()
         handling.result = result
