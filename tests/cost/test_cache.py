@@ -3,6 +3,7 @@ saved, and the saga's cost right (a hit costs nothing)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 from decimal import Decimal
@@ -195,6 +196,8 @@ async def test_redis_backend() -> None:
         try:
             await backend.client.ping()
         except Exception:
+            if os.environ.get("CI"):  # CI starts Redis: a missing one is a failure there
+                raise
             pytest.skip("no Redis at 127.0.0.1:6379")
         first, second = ResultCache(backend), ResultCache(backend)  # two workers
         fake = FakeTranslator()

@@ -4,6 +4,7 @@ and a 429 storm that the support workflow rides out without bouncing a message."
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from pathlib import Path
@@ -152,6 +153,8 @@ async def test_redis_bucket_is_shared() -> None:
         try:
             await one.client.ping()
         except Exception:
+            if os.environ.get("CI"):  # CI starts Redis: a missing one is a failure there
+                raise
             pytest.skip("no Redis at 127.0.0.1:6379")
         assert await one.acquire(1) == 0.0
         assert await two.acquire(1) == 0.0
