@@ -77,6 +77,63 @@ class DeadLetter:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+UNKNOWN_TYPE = "unknown"
+"""The event type reported to observers for a message whose type cannot be told at all."""
+
+
+class DeliveryObserver(Protocol):
+    """Told what a transport decided about a message its handler (or its decoder) failed on.
+
+    A transport calls these at the point the decision took effect: a retry was scheduled, the
+    message was parked in the dead letters, or it was dropped (an ephemeral group neither
+    retries nor dead-letters). ``event_type`` is the event's type, or, for a message that could
+    not be decoded, the type the broker message claims (its routing key, subject or type
+    property), else :data:`UNKNOWN_TYPE`. ``error_class`` is the class name of the error;
+    ``attempt``/``attempts`` count the first delivery. Calls come from the delivery path on the
+    event loop: keep them quick and never block. An observer that raises is logged and
+    ignored; it never changes what happens to the message.
+    """
+
+    def retried(
+        self, group: str, event_type: str, *, attempt: int, delay: float, error_class: str
+    ) -> None:
+        """Delivery number ``attempt`` failed; the message comes back in ``delay`` seconds."""
+
+    def dead_lettered(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        """The message is in ``group``'s dead letters after ``attempts`` deliveries (1 for one
+        that could not be decoded or whose error is not retryable)."""
+
+    def dropped(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        """An ephemeral group's handler (or decoder) failed: the message is acknowledged and
+        gone. Only ephemeral groups drop; they are never retried nor dead-lettered."""
+
+
+@runtime_checkable
+class ObservableTransport(Protocol):
+    """A transport that reports retries, dead letters and drops to observers
+    (:class:`DeliveryObserver`). Every backend here does; it is kept apart from
+    :class:`Transport` so that a transport without it (a test double, a recorder) is still a
+    transport."""
+
+    def add_observer(self, observer: DeliveryObserver) -> None:
+        """Report to ``observer`` from now on (adding the same observer twice adds it once)."""
+
+    def remove_observer(self, observer: DeliveryObserver) -> None:
+        """Stop reporting to ``observer`` (nothing happens if it was not added)."""
+
+
+def observe(transport: object, observer: DeliveryObserver) -> bool:
+    """Add ``observer`` to ``transport`` if it reports deliveries; whether it does."""
+    if isinstance(transport, ObservableTransport):
+        transport.add_observer(observer)
+        return True
+    return False
+
+
 @runtime_checkable
 class Transport(Protocol):
     """A message bus: publish events, subscribe groups of competing consumers.
@@ -84,7 +141,8 @@ class Transport(Protocol):
     Every group receives every event whose type it subscribed to; within a group each event is
     handled by one consumer. Delivery is at least once: the message is acknowledged after the
     handler returns; a handler that raises is retried with backoff and then dead-lettered with
-    the reason. A message that cannot be decoded is dead-lettered at once.
+    the reason. A message that cannot be decoded is dead-lettered at once. (The backends also
+    report each retry and dead letter to observers: :class:`ObservableTransport`.)
     """
 
     async def start(self) -> None:

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from bus._wire import Observers
+from bus._wire import reason as _reason
 from bus._wire import retryable as _retryable
-from bus.base import ALL_TYPES, DeadLetter, Handler, RetryPolicy, TransportError
+from bus.base import ALL_TYPES, DeadLetter, DeliveryObserver, Handler, RetryPolicy, TransportError
 from events.base import EventRegistry, registry
 from events.envelope import Envelope, decode, encode, utcnow
 from events.errors import DecodeError
@@ -37,6 +39,7 @@ class _Group:
     name: str
     types: set[str]
     handlers: list[tuple[Handler, int]]
+    ephemeral: bool = False
     queue: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -45,7 +48,11 @@ class _Group:
 
 
 class InMemoryTransport:
-    """An asyncio bus in one process, with subscriber groups, retries and dead letters."""
+    """An asyncio bus in one process, with subscriber groups, retries and dead letters.
+
+    An ephemeral group, as on a broker, is neither retried nor dead-lettered: a message its
+    handler fails on is logged and dropped. Retries, dead letters and drops are reported to
+    the observers added with :meth:`add_observer`."""
 
     def __init__(
         self,
@@ -67,6 +74,7 @@ class InMemoryTransport:
         self._idle = asyncio.Event()
         self._idle.set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._observers = Observers()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -129,12 +137,23 @@ class InMemoryTransport:
     ) -> None:
         grp = self._groups.get(group)
         if grp is None:
-            grp = self._groups[group] = _Group(group, set(event_types), [])
+            grp = self._groups[group] = _Group(group, set(event_types), [], ephemeral)
+        elif grp.ephemeral != ephemeral:
+            raise ValueError(f"group {group!r} is already subscribed with ephemeral={grp.ephemeral}")
         else:
             grp.types.update(event_types)
         grp.handlers.append((handler, concurrency or self.concurrency))
         if self._started:
             self._spawn(grp, only_last=True)
+
+    # -- observers -------------------------------------------------------------------------
+
+    def add_observer(self, observer: DeliveryObserver) -> None:
+        """Report retries, dead letters and drops to ``observer``."""
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: DeliveryObserver) -> None:
+        self._observers.remove(observer)
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -210,7 +229,10 @@ class InMemoryTransport:
         try:
             envelope = decode(delivery.body, self._types)
         except DecodeError as exc:
-            self._dead_letter(group, delivery, exc, envelope=None)
+            if group.ephemeral:
+                self._drop(group, delivery, exc, delivery.routing_key)
+            else:
+                self._dead_letter(group, delivery, exc, envelope=None)
             self._done()
             return
         try:
@@ -220,6 +242,10 @@ class InMemoryTransport:
             group.queue.put_nowait(delivery)
             raise
         except Exception as exc:
+            if group.ephemeral:
+                self._drop(group, delivery, exc, envelope.type)
+                self._done()
+                return
             if delivery.attempts >= self.retry.max_attempts or not _retryable(exc):
                 log.warning(
                     "dead-lettered", group=group.name, type=envelope.type,
@@ -234,8 +260,16 @@ class InMemoryTransport:
                 delay=round(delay, 3), error=repr(exc),
             )
             self._schedule(group, delivery, delay)
+            self._observers.retried(
+                group.name, envelope.type, attempt=delivery.attempts, delay=delay, exc=exc
+            )
             return
         self._done()
+
+    def _drop(self, group: _Group, delivery: _Delivery, exc: Exception, event_type: str) -> None:
+        log.warning("handler failed in an ephemeral group; dropped", group=group.name,
+                    type=event_type, error=repr(exc))
+        self._observers.dropped(group.name, event_type, attempts=delivery.attempts, exc=exc)
 
     def _schedule(self, group: _Group, delivery: _Delivery, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -250,17 +284,19 @@ class InMemoryTransport:
     def _dead_letter(
         self, group: _Group, delivery: _Delivery, exc: BaseException, envelope: Envelope | None
     ) -> None:
+        event_type = envelope.type if envelope else delivery.routing_key or None
         self._dead.append(
             DeadLetter(
                 id=delivery.id,
                 group=group.name,
                 body=delivery.body,
-                reason=str(exc) or type(exc).__name__,
+                reason=_reason(exc),
                 error_class=type(exc).__name__,
                 attempts=delivery.attempts,
                 time=utcnow(),
-                event_type=envelope.type if envelope else delivery.routing_key or None,
+                event_type=event_type,
                 correlationid=envelope.correlationid if envelope else None,
             )
         )
+        self._observers.dead_lettered(group.name, event_type, attempts=delivery.attempts, exc=exc)
 

@@ -18,6 +18,9 @@ Topology, for an exchange named ``X`` (default ``ai-apps``) and a subscriber gro
 An *ephemeral* group gets an exclusive auto-delete queue instead, and no retry or dead-letter
 queue: a failing message is logged and acknowledged.
 
+Each retry, dead letter and drop is reported, once the broker has confirmed it, to the
+observers added with :meth:`RabbitMQTransport.add_observer` (:class:`~bus.base.DeliveryObserver`).
+
 On the wire a message is the structured CloudEvent (``application/cloudevents+json``), persistent,
 with ``message_id`` = event id, ``correlation_id`` = correlation id, ``type`` = event type,
 ``timestamp`` = event time and a ``ce-tenant`` header, so any AMQP client can read or write it.
@@ -48,11 +51,13 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
+from bus._wire import Observers
 from bus._wire import header_int as _int
 from bus._wire import header_text as _text
 from bus._wire import header_time as _time
+from bus._wire import reason as _reason
 from bus._wire import retryable as _retryable
-from bus.base import DeadLetter, Handler, RetryPolicy, TransportError
+from bus.base import DeadLetter, DeliveryObserver, Handler, RetryPolicy, TransportError
 from events.base import EventRegistry, registry
 from events.envelope import CONTENT_TYPE, Envelope, decode, encode, utcnow
 from events.errors import DecodeError
@@ -163,6 +168,7 @@ class RabbitMQTransport:
         # The jitter-free policy decides the delay bucket, so a group's retry queues are known
         # when it is set up and the hot path never declares anything.
         self._steady = dataclasses.replace(self.retry, jitter=0.0)
+        self._observers = Observers()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -275,6 +281,15 @@ class RabbitMQTransport:
         grp.subs.append(_Subscription(handler, limit, asyncio.Semaphore(limit)))
         if self._started:
             await self._setup_group(grp)
+
+    # -- observers -------------------------------------------------------------------------
+
+    def add_observer(self, observer: DeliveryObserver) -> None:
+        """Report retries, dead letters and drops to ``observer``."""
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: DeliveryObserver) -> None:
+        self._observers.remove(observer)
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -552,28 +567,37 @@ class RabbitMQTransport:
         *,
         final: bool,
     ) -> None:
-        event_type = envelope.type if envelope else message.type
+        event_type = envelope.type if envelope else _claimed_type(message)
         if group.ephemeral:
             log.warning("handler failed in an ephemeral group; dropped", group=group.name,
                         type=event_type, error=repr(exc))
             await _ack(message)
+            self._observers.dropped(group.name, event_type, attempts=attempts, exc=exc)
             return
+        ms = 0 if final else self._bucket_ms(attempts)
         try:
             if final:
                 log.warning("dead-lettered", group=group.name, type=event_type,
                             attempts=attempts, error=repr(exc))
                 await self._dead_letter(group, message, exc, attempts, envelope)
             else:
-                ms = self._bucket_ms(attempts)
                 log.info("retrying", group=group.name, type=event_type, attempt=attempts,
                          delay=ms / 1000, error=repr(exc))
                 await self._schedule_retry(group, message, attempts, ms)
         except TransportError as error:
-            # not parked anywhere: give it back rather than ack it and lose it
+            # not parked anywhere: give it back rather than ack it and lose it (and it is no
+            # retry: the attempt count stays as it was)
             log.error("cannot retry or dead-letter; requeued", group=group.name,
                       error=repr(error))
             await _settle(message)
             return
+        # parked, confirmed: the decision took effect, whether or not the ack gets through
+        if final:
+            self._observers.dead_lettered(group.name, event_type, attempts=attempts, exc=exc)
+        else:
+            self._observers.retried(
+                group.name, event_type, attempt=attempts, delay=ms / 1000, exc=exc
+            )
         await _ack(message)
 
     async def _schedule_retry(
@@ -602,7 +626,7 @@ class RabbitMQTransport:
     ) -> None:
         headers = _clean_headers(message)
         headers |= {
-            H_REASON: str(exc) or type(exc).__name__,
+            H_REASON: _reason(exc),
             H_ERROR_CLASS: type(exc).__name__,
             H_ATTEMPTS: attempts,
             H_GROUP: group.name,
@@ -698,6 +722,18 @@ async def _settle(message: AbstractIncomingMessage) -> None:
         await message.nack(requeue=True)
 
 
+
+
+def _claimed_type(message: AbstractIncomingMessage) -> str | None:
+    """The event type of a message that could not be decoded, as its AMQP properties tell it:
+    the ``type`` property, else the routing key it was first published with (a retry travels
+    by queue name, with that key in a header)."""
+    return (
+        message.type
+        or _text(message.headers.get(H_ROUTING_KEY))
+        or message.routing_key
+        or None
+    )
 
 
 def _is_broker_death(key: str) -> bool:

@@ -48,6 +48,11 @@ generation keeps its lock and is not delivered to another consumer meanwhile.
 run time through the management API (:class:`~bus.servicebus_admin.SubscriptionAdmin`) with
 ``auto_delete_on_idle`` of 5 minutes (Service Bus's minimum), deleted on :meth:`close`; a failure
 there is logged and the message completed: no retry, no dead letter.
+
+**Observers** added with :meth:`~ServiceBusTransport.add_observer` (:class:`~bus.base.DeliveryObserver`)
+are told of each retry once its copy is sent (or, when it cannot be, once the original is
+abandoned: an immediate retry), of each dead letter once the broker took it, and of each drop.
+What the broker dead-letters by itself (``max_delivery_count``, expiry) is not seen here.
 """
 
 from __future__ import annotations
@@ -78,11 +83,13 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
+from bus._wire import Observers
 from bus._wire import header_int as _int
 from bus._wire import header_text as _text
 from bus._wire import header_time as _time
+from bus._wire import reason as _reason
 from bus._wire import retryable as _retryable
-from bus.base import DeadLetter, Handler, RetryPolicy, TransportError
+from bus.base import DeadLetter, DeliveryObserver, Handler, RetryPolicy, TransportError
 from bus.servicebus_admin import (
     EPHEMERAL_IDLE,
     H_TARGET,
@@ -211,6 +218,7 @@ class ServiceBusTransport:
         self._inflight: set[asyncio.Task[None]] = set()
         self._dlq: dict[str, ServiceBusReceiver] = {}
         self._peek = True
+        self._observers = Observers()
         self._started = False
         self._draining = False
         self._closed = False
@@ -346,6 +354,15 @@ class ServiceBusTransport:
         grp.subs.append(_Subscription(handler, limit, asyncio.Semaphore(limit)))
         if self._started:
             await self._setup_group(grp)
+
+    # -- observers -------------------------------------------------------------------------
+
+    def add_observer(self, observer: DeliveryObserver) -> None:
+        """Report retries, dead letters and drops to ``observer``."""
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: DeliveryObserver) -> None:
+        self._observers.remove(observer)
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -676,6 +693,7 @@ class ServiceBusTransport:
             log.warning("handler failed in an ephemeral group; dropped", group=group.name,
                         type=event_type, error=repr(exc))
             await _settle(receiver.complete_message(message), group.name)
+            self._observers.dropped(group.name, event_type, attempts=attempts, exc=exc)
             return
         if final:
             log.warning("dead-lettered", group=group.name, type=event_type, attempts=attempts,
@@ -684,13 +702,14 @@ class ServiceBusTransport:
                 "error_class": type(exc).__name__, "attempts": attempts, "group": group.name,
                 "at": utcnow().isoformat(),
             })
-            await _settle(
+            settled = await _settle(
                 receiver.dead_letter_message(
-                    message, reason=_clip(str(exc) or type(exc).__name__),
-                    error_description=description,
+                    message, reason=_clip(_reason(exc)), error_description=description,
                 ),
                 group.name,
             )
+            if settled:  # else the lock was lost: the broker delivers it again
+                self._observers.dead_lettered(group.name, event_type, attempts=attempts, exc=exc)
             return
         delay = self.retry.delay(attempts)
         log.info("retrying", group=group.name, type=event_type, attempt=attempts,
@@ -703,8 +722,13 @@ class ServiceBusTransport:
         except TransportError as error:
             # not parked anywhere: give it back (an immediate retry) rather than lose it
             log.error("cannot schedule the retry; abandoned", group=group.name, error=repr(error))
-            await _settle(receiver.abandon_message(message), group.name)
+            if await _settle(receiver.abandon_message(message), group.name):
+                self._observers.retried(group.name, event_type, attempt=attempts, delay=0.0,
+                                        exc=exc)
             return
+        # the copy is on the topic: the retry is scheduled, whatever becomes of the original
+        self._observers.retried(group.name, event_type, attempt=attempts, delay=max(delay, 0.0),
+                                exc=exc)
         await _settle(receiver.complete_message(message), group.name)
 
     async def _peek_all(self, receiver: ServiceBusReceiver) -> list[ServiceBusReceivedMessage] | None:
@@ -963,13 +987,15 @@ async def _all_or_none(calls: Sequence[Coroutine[Any, Any, Any]]) -> None:
             raise error
 
 
-async def _settle(call: Any, group: str) -> None:
-    """Complete, abandon or dead-letter; if the lock is gone the broker redelivers the
-    message, which at-least-once delivery allows."""
+async def _settle(call: Any, group: str) -> bool:
+    """Complete, abandon or dead-letter; whether that went through. If not, the lock is gone
+    and the broker redelivers the message, which at-least-once delivery allows."""
     try:
         await call
     except _BUS_ERRORS as exc:
         log.warning("settlement failed; the broker will redeliver", group=group, error=repr(exc))
+        return False
+    return True
 
 
 async def _quietly(call: Any) -> None:

@@ -94,6 +94,9 @@ class Instruments:
     consumed: Counter
     process_duration: Histogram
     handler_errors: Counter
+    retried: Counter
+    dead_lettered: Counter
+    dropped: Counter
     redriven: Counter
     provider_calls: Counter
     provider_errors: Counter
@@ -128,6 +131,17 @@ class Instruments:
             handler_errors=counter(
                 "ai_apps.messaging.handler.errors", "{error}",
                 "Handlers that raised; the transport retries the event or dead-letters it."),
+            retried=counter(
+                "ai_apps.messaging.retried", "{message}",
+                "Retries the transport scheduled after a failed delivery, by type, group and "
+                "error class."),
+            dead_lettered=counter(
+                "ai_apps.messaging.dead_lettered", "{message}",
+                "Messages dead-lettered (retries exhausted, an error not worth retrying, or not "
+                "decodable), by type, group and error class."),
+            dropped=counter(
+                "ai_apps.messaging.dropped", "{message}",
+                "Failed messages of ephemeral groups, which neither retry nor dead-letter."),
             redriven=counter(
                 "ai_apps.messaging.dead_letters.redriven", "{message}", "Dead letters re-driven."),
             provider_calls=counter(

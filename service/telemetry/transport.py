@@ -12,6 +12,11 @@ Handling makes a CONSUMER span ``process {type}`` whose parent is the context ex
 the envelope, current while the handler runs, so whatever the handler publishes is its child.
 The context lives in the message body, so a retried or re-driven message is handled in the
 trace it was published in.
+
+What the inner transport then does with a failed message is not seen from the handler: it
+reports it to a :class:`DeliveryMetrics` observer (:class:`~bus.base.DeliveryObserver`),
+registered on the inner transport, which counts retries, dead letters (undecodable messages
+included: they never reach a handler) and the drops of ephemeral groups.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from bus.base import DeadLetter, Handler, Transport
+from bus.base import DeadLetter, DeliveryObserver, Handler, ObservableTransport, Transport, observe
 from events.envelope import Envelope
 from service.telemetry.otel import Instruments
 from service.telemetry.saga import SagaObserver
@@ -55,13 +60,49 @@ def extract(envelope: Envelope) -> Context:
     return _PROPAGATOR.extract(carrier, context=Context())
 
 
+class DeliveryMetrics:
+    """A :class:`~bus.base.DeliveryObserver` counting retries, dead letters and drops
+    (``ai_apps.messaging.retried``, ``.dead_lettered``, ``.dropped``) by event type, subscriber
+    group and error class. Only ephemeral groups drop, and their names are random: drops are
+    labelled :data:`EPHEMERAL_GROUP`, as the other metrics label those groups."""
+
+    def __init__(self, instruments: Instruments, system: str) -> None:
+        self.system = system
+        self._instruments = instruments
+
+    def _labels(self, group: str, event_type: str, error_class: str) -> dict[str, str]:
+        return {
+            "messaging.system": self.system, "messaging.destination.name": event_type,
+            "messaging.consumer.group.name": group, "error.type": error_class,
+        }
+
+    def retried(
+        self, group: str, event_type: str, *, attempt: int, delay: float, error_class: str
+    ) -> None:
+        self._instruments.retried.add(1, self._labels(group, event_type, error_class))
+
+    def dead_lettered(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        self._instruments.dead_lettered.add(1, self._labels(group, event_type, error_class))
+
+    def dropped(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        self._instruments.dropped.add(1, self._labels(EPHEMERAL_GROUP, event_type, error_class))
+
+
 class InstrumentedTransport:
     """``inner`` with a span around every publish and every handler, and the bus metrics.
 
     With ``recording`` false (no span exporter) no spans are made: a publish made while a
     trace context is current and an envelope that carries none gets the current one, and a
     handler runs in the context its envelope carries. Anything else (``idle()``,
-    ``publish_raw()``, …) is the inner transport's."""
+    ``publish_raw()``, …) is the inner transport's.
+
+    Retries, dead letters and drops are counted by a :class:`DeliveryMetrics` observer added to
+    ``inner`` when it reports them (:class:`~bus.base.ObservableTransport`; every backend here
+    does); ``add_observer`` adds other observers to ``inner`` too."""
 
     def __init__(
         self,
@@ -79,6 +120,8 @@ class InstrumentedTransport:
         self._tracer = tracer
         self._instruments = instruments
         self._sagas = sagas
+        self.delivery_metrics = DeliveryMetrics(instruments, self.system)
+        observe(inner, self.delivery_metrics)
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet: never recurse
@@ -142,6 +185,17 @@ class InstrumentedTransport:
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         return await self.inner.dead_letters(group)
+
+    def add_observer(self, observer: DeliveryObserver) -> None:
+        """Add ``observer`` to the inner transport (a :class:`TypeError` if it reports
+        nothing)."""
+        if not isinstance(self.inner, ObservableTransport):
+            raise TypeError(f"{type(self.inner).__name__} reports no deliveries to observers")
+        self.inner.add_observer(observer)
+
+    def remove_observer(self, observer: DeliveryObserver) -> None:
+        if isinstance(self.inner, ObservableTransport):
+            self.inner.remove_observer(observer)
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         moved = await self.inner.redrive(ids, group)

@@ -1,17 +1,22 @@
 """The transport contract, written once. A backend's test module subclasses
 :class:`TransportContract` and provides a ``transport`` fixture (started, empty, with a retry
-policy of 3 attempts and short delays) and a ``publish_raw(body, routing_key)`` fixture."""
+policy of 3 attempts and short delays) and a ``publish_raw(body, routing_key)`` fixture.
+
+Part of the contract: the transport reports each retry, dead letter and drop to its delivery
+observers (:class:`~bus.base.ObservableTransport`), which is what the bus metrics count."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
-from bus.base import ALL_TYPES, Transport
+from bus.base import ALL_TYPES, ObservableTransport, Transport
 from events import Customer, DetectLanguageRequested, Envelope, InquiryReceived, encode
+from events.errors import AiAppsError
 
 PublishRaw = Callable[[bytes, str], Awaitable[None]]
 
@@ -37,6 +42,84 @@ async def dead_letters_eventually(transport: Transport, count: int, timeout: flo
             if len(letters) >= count:
                 return letters
             await asyncio.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One report to a delivery observer. ``attempts`` is ``attempt`` for a retry."""
+
+    hook: str
+    group: str
+    event_type: str
+    attempts: int
+    error_class: str
+    delay: float | None = None
+    reason: str | None = None
+
+
+class RecordingObserver:
+    """A :class:`~bus.base.DeliveryObserver` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+
+    def of(self, hook: str) -> list[Seen]:
+        return [s for s in self.seen if s.hook == hook]
+
+    def retried(
+        self, group: str, event_type: str, *, attempt: int, delay: float, error_class: str
+    ) -> None:
+        self.seen.append(Seen("retried", group, event_type, attempt, error_class, delay=delay))
+
+    def dead_lettered(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        self.seen.append(Seen("dead_lettered", group, event_type, attempts, error_class, reason=reason))
+
+    def dropped(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        self.seen.append(Seen("dropped", group, event_type, attempts, error_class, reason=reason))
+
+
+class BrokenObserver:
+    """An observer that fails at every report."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _fail(self) -> None:
+        self.calls += 1
+        raise RuntimeError("observer bug")
+
+    def retried(
+        self, group: str, event_type: str, *, attempt: int, delay: float, error_class: str
+    ) -> None:
+        self._fail()
+
+    def dead_lettered(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        self._fail()
+
+    def dropped(
+        self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
+    ) -> None:
+        self._fail()
+
+
+def observed(transport: Transport) -> RecordingObserver:
+    """A recording observer added to ``transport``, which must report deliveries."""
+    assert isinstance(transport, ObservableTransport), f"{type(transport).__name__} has no observers"
+    observer = RecordingObserver()
+    transport.add_observer(observer)
+    return observer
+
+
+class Permanent(AiAppsError):
+    """An error retrying cannot help."""
+
+    retryable = False
 
 
 class TransportContract:
@@ -194,3 +277,151 @@ class TransportContract:
         assert body["correlationid"] == "inq-7"
         assert body["data"]["message"] == "hello 7"
         assert {"id", "source", "time", "datacontenttype"} <= body.keys()
+
+    # -- delivery observers ---------------------------------------------------------------
+
+    async def test_observers_are_told_of_each_retry(self, transport: Transport) -> None:
+        """A handler that fails twice then succeeds: two retries reported, with the group, the
+        type, the attempt and the error class; no dead letter."""
+        seen = observed(transport)
+        attempts: list[int] = []
+
+        async def handler(env: Envelope) -> None:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise RuntimeError("flaky")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        await transport.publish(inquiry(1))
+        await eventually(lambda: len(attempts) == 3 and len(seen.seen) >= 2)
+        await asyncio.sleep(0.2)
+        retried = seen.of("retried")
+        assert [(s.group, s.event_type, s.attempts, s.error_class) for s in retried] == [
+            ("g", "InquiryReceived", 1, "RuntimeError"),
+            ("g", "InquiryReceived", 2, "RuntimeError"),
+        ]
+        delays = [s.delay for s in retried]
+        assert all(d is not None and d >= 0 for d in delays)
+        assert seen.of("dead_lettered") == []
+        assert seen.of("dropped") == []
+
+    async def test_observers_are_told_of_a_dead_letter_after_the_last_retry(
+        self, transport: Transport
+    ) -> None:
+        """A handler that always fails: max_attempts - 1 retries, then one dead letter with
+        the attempts, the error class and the reason."""
+        seen = observed(transport)
+
+        async def handler(env: Envelope) -> None:
+            raise ValueError("cannot handle this one")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        await transport.publish(inquiry(correlation="poison"))
+        await eventually(lambda: len(seen.of("dead_lettered")) == 1)
+        await asyncio.sleep(0.2)
+        assert [s.attempts for s in seen.of("retried")] == [1, 2]
+        (dead,) = seen.of("dead_lettered")
+        assert (dead.group, dead.event_type, dead.attempts, dead.error_class) == (
+            "g", "InquiryReceived", 3, "ValueError"
+        )
+        assert dead.reason is not None
+        assert "cannot handle this one" in dead.reason
+        assert len(await dead_letters_eventually(transport, 1)) == 1
+
+    async def test_observers_are_told_of_an_error_not_worth_retrying(
+        self, transport: Transport
+    ) -> None:
+        """An error that says retrying cannot help is dead-lettered at once: no retry reported."""
+        seen = observed(transport)
+
+        async def handler(env: Envelope) -> None:
+            raise Permanent("no use")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        await transport.publish(inquiry(1))
+        await eventually(lambda: len(seen.of("dead_lettered")) == 1)
+        await asyncio.sleep(0.2)
+        assert seen.of("retried") == []
+        (dead,) = seen.of("dead_lettered")
+        assert (dead.attempts, dead.error_class) == (1, "Permanent")
+
+    async def test_observers_are_told_of_an_undecodable_message(
+        self, transport: Transport, publish_raw: PublishRaw
+    ) -> None:
+        """A message that cannot be decoded never reaches the handler, but its dead letter is
+        reported, under the type the broker message claims."""
+        seen = observed(transport)
+        got: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            got.append(env.correlationid)
+
+        await transport.subscribe("g", [ALL_TYPES], handler)
+        await transport.start()
+        await publish_raw(b"{not json", "InquiryReceived")
+        await transport.publish(inquiry(correlation="after"))
+        await eventually(lambda: got == ["after"] and len(seen.of("dead_lettered")) == 1)
+        (dead,) = seen.of("dead_lettered")
+        assert (dead.group, dead.event_type, dead.attempts, dead.error_class) == (
+            "g", "InquiryReceived", 1, "DecodeError"
+        )
+        assert dead.reason is not None
+        assert "not JSON" in dead.reason
+        assert seen.of("retried") == []
+
+    async def test_an_ephemeral_group_drops_what_fails_and_says_so(self, transport: Transport) -> None:
+        """An ephemeral group is neither retried nor dead-lettered: the failure is reported as a
+        drop, and the handler is not called again."""
+        seen = observed(transport)
+        calls: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            calls.append(env.correlationid)
+            raise RuntimeError("reply listener broke")
+
+        await transport.subscribe("replies", [InquiryReceived.event_type], handler, ephemeral=True)
+        await transport.start()
+        await transport.publish(inquiry(1))
+        await eventually(lambda: len(seen.of("dropped")) == 1)
+        await asyncio.sleep(0.3)
+        assert calls == ["inq-1"]
+        (dropped,) = seen.seen
+        assert (dropped.hook, dropped.group, dropped.event_type, dropped.attempts) == (
+            "dropped", "replies", "InquiryReceived", 1
+        )
+        assert dropped.error_class == "RuntimeError"
+
+    async def test_an_observer_that_raises_changes_nothing(self, transport: Transport) -> None:
+        """A failing observer is logged and skipped: the retry and the dead letter still
+        happen, and the observers after it are still told."""
+        assert isinstance(transport, ObservableTransport)
+        broken = BrokenObserver()
+        transport.add_observer(broken)
+        transport.add_observer(broken)  # once is enough
+        seen = observed(transport)
+        handled: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            handled.append(env.correlationid)
+            if env.correlationid == "poison" or handled.count(env.correlationid) < 2:
+                raise RuntimeError("failing")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        await transport.publish(inquiry(correlation="flaky"))
+        await transport.publish(inquiry(correlation="poison"))
+        (letter,) = await dead_letters_eventually(transport, 1)
+        await eventually(lambda: handled.count("flaky") == 2 and len(seen.seen) == 4)
+        await asyncio.sleep(0.2)
+        assert letter.correlationid == "poison"
+        assert handled.count("flaky") == 2
+        assert sorted(s.hook for s in seen.seen) == ["dead_lettered", "retried", "retried", "retried"]
+        assert broken.calls == 4
+
+        transport.remove_observer(seen)
+        await transport.publish(inquiry(correlation="poison"))
+        await eventually(lambda: broken.calls == 7)
+        assert len(seen.seen) == 4
