@@ -79,12 +79,15 @@ class GeneratedImage:
 @dataclass(frozen=True, slots=True)
 class ResponseQuery:
     """What the responder answers: the customer's message (in the responder's language) and
-    what was found in their images."""
+    what was found in their images. ``model``: a model or deployment to answer with instead
+    of the responder's own (a cheaper one, when a budget asks); None: its own. A responder
+    with no choice of model ignores it (its result names the model that answered)."""
 
     message: str
     language: str = "en"
     customer_name: str | None = None
     images: tuple[ImageFindings, ...] = field(default=())
+    model: str | None = None
 
 
 @runtime_checkable

@@ -104,6 +104,7 @@ class ResponderActor(Actor):
             ResponseQuery(
                 message=request.message, language=request.language,
                 customer_name=request.customer_name, images=request.images,
+                model=request.model,
             )
         )
         return ResponseGenerated(

@@ -78,6 +78,11 @@ class GenerateResponseRequested(Event):
     language: LanguageCode = Field(default="en", pattern=_LANG)
     customer_name: str | None = None
     images: tuple[ImageFindings, ...] = ()
+    model: str | None = Field(
+        default=None, min_length=1,
+        description="A model (or deployment) to answer with instead of the responder's own: "
+        "set when a cost budget sends the step to a cheaper model. None: the responder's own.",
+    )
 
 
 @event

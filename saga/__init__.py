@@ -8,7 +8,7 @@ from saga.recorder import RECORDER_GROUP, EventRecorder, causal_order
 from saga.sqlite_store import SqliteSagaStore
 from saga.state import SagaState, SagaStatus, StepState, StepStatus
 from saga.store import ConcurrencyError, SagaError, SagaStore, StoreError, Timer
-from saga.workflow import NO_RETRY, SagaView, Step, StepRetry, Workflow
+from saga.workflow import NO_RETRY, Cheaper, SagaView, Step, StepRetry, Workflow
 
 __all__ = [
     "COORDINATOR_GROUP",
@@ -16,6 +16,7 @@ __all__ = [
     "RECORDER_GROUP",
     "BreakerPolicy",
     "BreakerRegistry",
+    "Cheaper",
     "CircuitBreaker",
     "CircuitState",
     "Clock",

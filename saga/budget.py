@@ -5,8 +5,12 @@ The check is made with the spend recorded so far plus an estimate of the step's 
 request (characters times price for translation and speech, tokens ≈ characters / 4 for the
 responder, one transaction or image for vision and image generation), priced as the
 provider named for the service in ``estimate_with`` (no entry: estimated at zero, so only
-the spend so far counts). Over budget, the step is refused: it takes its fallback with the
-reason ``budget: …`` (or fails the saga if it has none), and a refused call costs nothing.
+the spend so far counts). Over budget, the step degrades as its workflow says: with
+``on_budget=Cheaper(model=…)`` the same request is estimated on the cheaper model and, if that
+fits, sent with that model (the step records ``budget: used … instead of …``, and its result
+is priced at the model that answered); otherwise the step is refused: it takes its fallback
+with the reason ``budget: …`` (or fails the saga if it has none), and a refused call costs
+nothing.
 
 Budgets are soft against concurrency: sagas of one tenant running at the same moment each
 see the spend recorded before them, so they can overshoot by the calls in flight.
@@ -28,6 +32,7 @@ from events.envelope import Envelope
 from saga.cost import PriceTable, step_costs, total
 from saga.state import SagaState, StepState
 from saga.store import CostEntry, SagaStore
+from saga.workflow import Cheaper
 
 
 class TenantBudget(BaseModel):
@@ -45,6 +50,19 @@ class Spending:
 
     day: Decimal = Decimal(0)
     month: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDecision:
+    """What the budget check decided for one dispatch: the request to send (None: refused)
+    and why it was refused, or how it was degraded (None: sent as asked)."""
+
+    request: Event | None
+    reason: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.request is None
 
 
 def period_starts(now: datetime) -> tuple[datetime, datetime]:
@@ -107,12 +125,61 @@ class CostControl:
         )
         return Spending(day=day, month=month)
 
-    def estimate(self, service: str, request: Event) -> Decimal:
-        provider = self.estimate_with.get(service)
+    def estimate(
+        self, service: str, request: Event, provider: ProviderInfo | None = None
+    ) -> Decimal:
+        """What ``request`` will cost on ``provider`` (default: the one the service is
+        estimated with; none: zero)."""
+        provider = provider or self.estimate_with.get(service)
         if provider is None:
             return Decimal(0)
         usage = estimate_usage(service, request, self.responder_output_tokens)
         return self.pricing.cost(provider, usage)
+
+    def cheaper_provider(self, service: str, cheaper: Cheaper) -> ProviderInfo | None:
+        """The provider and model a :class:`Cheaper` call of ``service`` is priced as: its
+        own provider, else the family ``service`` is estimated with (None: neither is known,
+        so it is estimated at zero)."""
+        name = cheaper.provider or (
+            usual.name if (usual := self.estimate_with.get(service)) is not None else None
+        )
+        return ProviderInfo(name=name, model=cheaper.model) if name else None
+
+    def decide(
+        self,
+        state: SagaState,
+        step: StepState,
+        request: Event,
+        spending: Spending | None,
+        unrecorded: Decimal = Decimal(0),
+        on_budget: Cheaper | None = None,
+    ) -> BudgetDecision:
+        """Whether ``step`` may send ``request`` now: as it is; on the cheaper model of
+        ``on_budget`` when only that fits (with the reason, for the step); or not at all
+        (with the reason). ``unrecorded`` as for :meth:`refusal`."""
+        refusal = self.refusal(state, step, request, spending, unrecorded)
+        if refusal is None:
+            return BudgetDecision(request)
+        if on_budget is None:
+            return BudgetDecision(None, refusal)
+        if not on_budget.applies_to(request):
+            return BudgetDecision(
+                None, f"{refusal} ({type(request).__name__} cannot ask for a cheaper model)"
+            )
+        cheaper = self.cheaper_provider(step.service, on_budget)
+        cheap = self.estimate(step.service, request, cheaper) if cheaper else Decimal(0)
+        if self.refusal(state, step, request, spending, unrecorded, provider=cheaper) is not None:
+            return BudgetDecision(
+                None, f"{refusal}, and about {_money(cheap)} on the cheaper {on_budget.model}"
+            )
+        usual = self.estimate_with.get(step.service)
+        usual_name = (usual.model or usual.name) if usual is not None else "its usual model"
+        return BudgetDecision(
+            on_budget.apply(request),
+            f"used {on_budget.model} instead of {usual_name} (about {_money(cheap)} instead of "
+            f"{_money(self.estimate(step.service, request))} {self.pricing.currency}): "
+            f"{refusal}",
+        )
 
     def refusal(
         self,
@@ -121,10 +188,13 @@ class CostControl:
         request: Event,
         spending: Spending | None,
         unrecorded: Decimal = Decimal(0),
+        *,
+        provider: ProviderInfo | None = None,
     ) -> str | None:
         """Why ``step`` may not be dispatched now, or None. ``unrecorded``: what calls
-        accepted in this same change cost (not yet in the ledger)."""
-        estimate = self.estimate(step.service, request)
+        accepted in this same change cost (not yet in the ledger). ``provider``: estimate the
+        call on it instead of the service's usual one."""
+        estimate = self.estimate(step.service, request, provider)
         currency = self.pricing.currency
         budget = self.budget_of(state.tenant)
         if budget is not None and spending is not None:

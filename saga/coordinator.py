@@ -3,8 +3,10 @@
 For each request it keeps a :class:`~saga.state.SagaState` in the store, dispatches request
 events to the actors, matches their results by ``causationid``, applies timeouts (durable
 timers), retries, circuit breakers and fallbacks, and ends every saga in exactly one terminal
-event. State changes and the events they cause are saved in one transaction (outbox) and then
-published, so a crash between the two loses nothing: the outbox is relayed on restart.
+event. State changes, the events they cause (outbox) and the cost-ledger entries of the
+results they accept are saved in one transaction and then published, so a crash between the
+two loses nothing: the outbox is relayed on restart, and no call is billed without its result
+being taken or taken without being billed.
 
 A running saga can be cancelled (:meth:`SagaCoordinator.cancel`, or a ``SagaCancelRequested``
 event on the bus): its succeeded steps are compensated and the workflow's cancelled (else
@@ -63,7 +65,7 @@ class _Changes:
     timers: list[Timer] = field(default_factory=list)
     ended: bool = False
     ledger: list[CostEntry] = field(default_factory=list)
-    """The provider results accepted, for the cost ledger (recorded right after the save)."""
+    """The provider results accepted, for the cost ledger (written by the same save)."""
     cause: str | None = None
     """The event that caused these changes (their ``causationid``); None for a timer."""
 
@@ -241,6 +243,7 @@ class SagaCoordinator:
                         outbox=changes.outbox,
                         timers=changes.timers,
                         cancel_timers_of=new_state.id if changes.ended else None,
+                        costs=changes.ledger,
                     )
                 except ConcurrencyError:
                     log.info("saga changed concurrently; reapplying", saga=saga_id)
@@ -248,8 +251,6 @@ class SagaCoordinator:
                 break
             else:
                 raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
-        if changes.ledger:
-            await self.store.record_cost(changes.ledger)
         for env in changes.outbox:
             await self.transport.publish(env)
         await self.store.mark_published([e.id for e in changes.outbox])
@@ -468,16 +469,23 @@ class SagaCoordinator:
                           changes)
             return
         request = definition.request(SagaView(state, step.item))
+        step.degradation = None  # decided afresh at each dispatch (a retry, a resume)
         if self.costs is not None:
-            refusal = self.costs.refusal(
-                state, step, request, self._spending, sum((e.cost for e in changes.ledger),
-                                                          Decimal(0)),
+            decision = self.costs.decide(
+                state, step, request, self._spending,
+                sum((e.cost for e in changes.ledger), Decimal(0)), definition.on_budget,
             )
-            if refusal is not None:
+            if decision.request is None:
                 # refused before any call: nothing is paid, and the workflow degrades
                 step.started_at = step.started_at or now
-                self._give_up(workflow, state, step, f"budget: {refusal}", changes)
+                self._give_up(workflow, state, step, f"budget: {decision.reason}", changes)
                 return
+            if decision.reason is not None:
+                # sent degraded (a cheaper model): the step says so, and the saga is degraded
+                request = decision.request
+                step.degradation = f"budget: {decision.reason}"
+                log.warning("step degraded", saga=state.id, step=step.key,
+                            reason=step.degradation)
         envelope = changes.emit(state, request, step.key, now)
         step.status = StepStatus.DISPATCHED
         step.attempts += 1

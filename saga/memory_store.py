@@ -59,6 +59,7 @@ class InMemorySagaStore:
         outbox: Sequence[Envelope] = (),
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
+        costs: Sequence[CostEntry] = (),
     ) -> SagaState:
         current = self._sagas.get(state.id)
         version = SagaState.model_validate_json(current).version if current else 0
@@ -67,9 +68,14 @@ class InMemorySagaStore:
                 f"saga {state.id} is at version {version}, expected {expected_version}"
             )
         saved = state.model_copy(update={"version": expected_version + 1})
-        self._sagas[state.id] = saved.model_dump_json()
-        for env in outbox:
-            self._outbox[env.id] = (time.monotonic(), encode(env))
+        # everything that can fail comes first, so a failing save changes nothing
+        body = saved.model_dump_json()
+        encoded = [(env.id, encode(env)) for env in outbox]
+        self._sagas[state.id] = body
+        for entry in costs:
+            self._ledger.setdefault(entry.id, entry)
+        for eid, raw in encoded:
+            self._outbox[eid] = (time.monotonic(), raw)
         if cancel_timers_of is not None:
             for tid in [t.id for t in self._timers.values() if t.saga_id == cancel_timers_of]:
                 del self._timers[tid]

@@ -5,10 +5,12 @@ connection pool. What changes with several coordinators, and how it is handled:
 
 * **State** (``sagas``): optimistic concurrency. ``save`` is one transaction: a conditional
   ``INSERT … ON CONFLICT DO NOTHING`` (new saga) or ``UPDATE … WHERE id = $1 AND version = $2``,
-  then the outbox rows and timer changes. If the first statement touched no row the transaction
-  is rolled back and :class:`~saga.store.ConcurrencyError` raised, so a losing coordinator
-  writes nothing. Under READ COMMITTED the loser of a race blocks on the winner's row lock and
-  then re-checks the ``WHERE`` against the committed row, so exactly one of them wins.
+  then the cost-ledger rows of the results it accepted (``ON CONFLICT (id) DO NOTHING``: one
+  row per request id), the outbox rows and timer changes. If the first statement touched no
+  row the transaction is rolled back and :class:`~saga.store.ConcurrencyError` raised, so a
+  losing coordinator writes nothing, ledger rows included. Under READ COMMITTED the loser of a
+  race blocks on the winner's row lock and then re-checks the ``WHERE`` against the committed
+  row, so exactly one of them wins.
 * **Timers**: ``claim_timer`` is ``DELETE … WHERE id = $1 RETURNING id``: the row can be deleted
   once, so exactly one coordinator fires each timer. :meth:`PostgresSagaStore.claim_due_timers`
   finds and claims due timers in one statement (``FOR UPDATE SKIP LOCKED``), so coordinators
@@ -331,6 +333,7 @@ class PostgresSagaStore:
         outbox: Sequence[Envelope] = (),
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
+        costs: Sequence[CostEntry] = (),
     ) -> SagaState:
         saved = state.model_copy(update={"version": expected_version + 1})
         body = saved.model_dump_json()
@@ -348,6 +351,8 @@ class PostgresSagaStore:
             if row_id is None:
                 # raising inside the transaction block rolls it back: nothing is written
                 raise ConcurrencyError(f"saga {state.id} is not at version {expected_version}")
+            if costs:
+                await conn.execute(sql.insert_costs, *_ledger_columns(costs))
             if outbox:
                 await conn.execute(
                     sql.insert_outbox,
@@ -563,16 +568,8 @@ class PostgresSagaStore:
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         if not entries:
             return
-        s = self._sql.s
         async with self._connection("record_cost") as conn:
-            await conn.executemany(
-                f"INSERT INTO {s}.cost_ledger ({_LEDGER_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-                " ON CONFLICT (id) DO NOTHING",
-                [(e.id, e.tenant, e.workflow, e.correlation_id, e.step, e.service, e.provider,
-                  e.model, e.usage.model_dump_json(), e.cost, e.currency, e.price_table, e.at,
-                  e.cached) for e in entries],
-            )
+            await conn.execute(self._sql.insert_costs, *_ledger_columns(entries))
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:
         s = self._sql.s
@@ -597,6 +594,18 @@ class PostgresSagaStore:
             )
         return [CostRow(str(r["key"]), int(r["calls"]), int(r["cached"]), Decimal(r["cost"]))
                 for r in rows]
+
+
+def _ledger_columns(entries: Sequence[CostEntry]) -> tuple[list[Any], ...]:
+    """Ledger entries as one array per column (for ``insert_costs``: one statement)."""
+    return (
+        [e.id for e in entries], [e.tenant for e in entries], [e.workflow for e in entries],
+        [e.correlation_id for e in entries], [e.step for e in entries],
+        [e.service for e in entries], [e.provider for e in entries],
+        [e.model for e in entries], [e.usage.model_dump_json() for e in entries],
+        [e.cost for e in entries], [e.currency for e in entries],
+        [e.price_table for e in entries], [e.at for e in entries], [e.cached for e in entries],
+    )
 
 
 def _timer(row: Any) -> Timer:
@@ -668,6 +677,15 @@ class _Statements:
             " RETURNING id"
         )
         self.complete_timer = f"DELETE FROM {s}.timers WHERE id = $1"
+        # the ledger's unique key is the call's request id: an entry already there (a
+        # redelivered result, a repeated save) is ignored
+        self.insert_costs = (
+            f"INSERT INTO {s}.cost_ledger ({_LEDGER_COLUMNS})"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+            " $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::text[],"
+            " $12::text[], $13::timestamptz[], $14::boolean[])"
+            " ON CONFLICT (id) DO NOTHING"
+        )
         self.claim_due_timers = (
             f"WITH picked AS (SELECT id FROM {s}.timers WHERE due_at <= $1"
             "   AND leased_until <= clock_timestamp()"

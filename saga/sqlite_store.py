@@ -123,6 +123,13 @@ _LEDGER_COLUMNS = (
     " currency, price_table, at, cached"
 )
 
+# the ledger's unique key is the call's request id (its primary key): a repeat is ignored
+_INSERT_LEDGER = (
+    "INSERT INTO cost_ledger (" + _LEDGER_COLUMNS + ")"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
 def _ts(value: datetime) -> str:
     # one fixed-width UTC form, so that text order is time order
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -130,6 +137,15 @@ def _ts(value: datetime) -> str:
 
 def _from_ts(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _ledger_rows(entries: Sequence[CostEntry]) -> list[tuple[object, ...]]:
+    return [
+        (e.id, e.tenant, e.workflow, e.correlation_id, e.step, e.service, e.provider, e.model,
+         e.usage.model_dump_json(), str(e.cost), e.currency, e.price_table, _ts(e.at),
+         int(e.cached))
+        for e in entries
+    ]
 
 
 def _api_key(row: Sequence[object]) -> ApiKey:
@@ -184,6 +200,7 @@ class SqliteSagaStore:
         outbox: Sequence[Envelope] = (),
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
+        costs: Sequence[CostEntry] = (),
     ) -> SagaState:
         saved = state.model_copy(update={"version": expected_version + 1})
         body = saved.model_dump_json()
@@ -209,6 +226,8 @@ class SqliteSagaStore:
                     raise ConcurrencyError(
                         f"saga {state.id} is not at version {expected_version}"
                     )
+                if costs:
+                    await db.executemany(_INSERT_LEDGER, _ledger_rows(costs))
                 if outbox:
                     await db.executemany(
                         "INSERT OR IGNORE INTO outbox (event_id, saga_id, body) VALUES (?, ?, ?)",
@@ -477,14 +496,12 @@ class SqliteSagaStore:
         if not entries:
             return
         async with self._lock:
-            await self.db.executemany(
-                "INSERT OR IGNORE INTO cost_ledger (" + _LEDGER_COLUMNS + ")"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(e.id, e.tenant, e.workflow, e.correlation_id, e.step, e.service, e.provider,
-                  e.model, e.usage.model_dump_json(), str(e.cost), e.currency, e.price_table,
-                  _ts(e.at), int(e.cached)) for e in entries],
-            )
-            await self.db.commit()
+            try:
+                await self.db.executemany(_INSERT_LEDGER, _ledger_rows(entries))
+                await self.db.commit()
+            except BaseException:
+                await self.db.rollback()
+                raise
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:
         # costs are exact decimals kept as text; summed here, not as SQLite floats

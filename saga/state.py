@@ -82,6 +82,9 @@ class StepState(BaseModel):
     result: StoredEvent | None = None
     error: StepError | None = None
     fallback_reason: str | None = None
+    degradation: str | None = None
+    """Set when the step was dispatched degraded (on a cheaper model because of a budget):
+    what was done and why, e.g. ``budget: used gpt-4o-mini instead of gpt-4o …``."""
     branches: list[str] = Field(default_factory=list)
 
 
@@ -106,8 +109,13 @@ class SagaState(BaseModel):
 
     @property
     def degraded(self) -> tuple[str, ...]:
-        """Steps that used a fallback, in the order they were defined."""
-        return tuple(k for k, s in self.steps.items() if s.status is StepStatus.FALLBACK)
+        """Steps that used a fallback, or succeeded degraded (a cheaper model), in the order
+        they were defined."""
+        return tuple(
+            k for k, s in self.steps.items()
+            if s.status is StepStatus.FALLBACK
+            or (s.status is StepStatus.SUCCEEDED and s.degradation is not None)
+        )
 
     def step_by_request(self, request_id: str | None) -> StepState | None:
         if request_id is None:

@@ -74,8 +74,9 @@ class IdempotencyRecord:
 @dataclass(frozen=True, slots=True)
 class CostEntry:
     """One provider call in the cost ledger: who asked, which step, which provider and model,
-    what it consumed and cost. ``id`` is the call's request id, so recording it twice keeps
-    one entry."""
+    what it consumed and cost. ``id`` is the call's request id (the request event the
+    coordinator dispatched: one saga, one step, one attempt), the ledger's unique key, so
+    recording it twice, or a redelivered result, keeps one entry."""
 
     id: str
     tenant: str
@@ -142,11 +143,15 @@ class SagaStore(Protocol):
         outbox: Sequence[Envelope] = (),
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
+        costs: Sequence[CostEntry] = (),
     ) -> SagaState:
         """Write ``state`` if its stored version is still ``expected_version`` (0: new saga),
-        with its outbox events and new timers, in one transaction. ``cancel_timers_of`` removes
-        every timer of that saga first (when it ends). Returns the state with its new version.
-        Raises :class:`ConcurrencyError` if someone else saved first."""
+        with its outbox events, new timers and cost-ledger entries, in one transaction.
+        ``cancel_timers_of`` removes every timer of that saga first (when it ends). ``costs``
+        are the provider results this change accepted: each is added once per id (an id
+        already in the ledger is ignored), and only if the save commits. Returns the state
+        with its new version. Raises :class:`ConcurrencyError` if someone else saved first;
+        a save that fails writes nothing at all."""
         ...
 
     async def pending_outbox(self, limit: int = 100, min_age: float = 0.0) -> list[Envelope]:
@@ -265,7 +270,8 @@ class SagaStore(Protocol):
     # -- the cost ledger (budgets, ``ai-apps costs``) --------------------------------------
 
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
-        """Add provider calls to the ledger; an entry id already there is ignored."""
+        """Add provider calls to the ledger on their own; an entry id already there is
+        ignored. (The coordinator records its results with :meth:`save`, atomically.)"""
         ...
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:

@@ -45,6 +45,44 @@ class StepRetry:
 NO_RETRY = StepRetry(max_attempts=1)
 
 
+@dataclass(frozen=True, slots=True)
+class Cheaper:
+    """A budget degradation: run the step on a cheaper model instead of refusing it.
+
+    When the budget check refuses a step's call at its usual estimate, the coordinator
+    estimates the same request on ``model`` and, if that fits, dispatches it with the model
+    override (the request event's ``model`` field, which the service's actor passes to its
+    provider); the step records the decision (``StepState.degradation``) and the saga counts
+    as degraded. If even the cheaper call does not fit, the step is refused as before (its
+    fallback, or the saga fails). ``provider`` is the provider family the cheaper call is
+    priced as (``azure-openai``); by default the one its service is estimated with
+    (``AIAPPS_COST__ESTIMATE_WITH``)."""
+
+    model: str
+    provider: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.model.strip():
+            raise ValueError("a cheaper model needs a name")
+
+    @classmethod
+    def parse(cls, ref: str) -> Cheaper:
+        """``"azure-openai/gpt-4o-mini"`` (provider and model, as in ``estimate_with``) or just
+        ``"gpt-4o-mini"``."""
+        provider, slash, model = ref.strip().partition("/")
+        return cls(model=model, provider=provider or None) if slash else cls(model=provider)
+
+    def applies_to(self, request: Event) -> bool:
+        """Whether ``request`` can carry a model override (it has a ``model`` field)."""
+        return "model" in type(request).model_fields
+
+    def apply(self, request: Event) -> Event:
+        """``request`` with the cheaper model set."""
+        if not self.applies_to(request):
+            raise TypeError(f"{type(request).__name__} has no model field to override")
+        return request.model_copy(update={"model": self.model})
+
+
 class SagaView:
     """Read-only access to a saga for step builders, conditions and fallbacks."""
 
@@ -120,6 +158,9 @@ class Step:
     request that undoes a succeeded step when the saga fails or is cancelled later.
     ``max_parallel`` bounds a ``for_each`` step: at most that many of its branches are in
     flight (dispatched or waiting for a retry) at once; the rest wait their turn.
+    ``on_budget`` is what the step does when a cost budget refuses its call, before it is
+    refused: :class:`Cheaper` runs it on a cheaper model if that fits (without it, or when
+    that does not fit either, the step takes its fallback with a ``budget: …`` reason).
     """
 
     name: str
@@ -134,6 +175,7 @@ class Step:
     required: bool = True
     compensate: RequestBuilder | None = None
     max_parallel: int | None = None
+    on_budget: Cheaper | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "[" in self.name:

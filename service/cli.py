@@ -152,7 +152,8 @@ def _print_report(report: dict[str, Any]) -> None:
         for row in report["timeline"]:
             table.add_row(
                 row["step"], row["service"], _num(row["start_ms"]), _num(row["duration_ms"]),
-                str(row["attempts"]), row["outcome"], row["fallback"] or row["error"] or "",
+                str(row["attempts"]), row["outcome"],
+                row["fallback"] or row["degradation"] or row["error"] or "",
             )
         out.print(table)
 
@@ -238,7 +239,8 @@ def timeline(
     for row in summary["steps"]:
         table.add_row(row["step"], row["service"], _num(row["start_ms"]),
                       _num(row["duration_ms"]), str(row["attempts"]), row["outcome"],
-                      row["provider"] or "", row["fallback"] or row["error"] or "")
+                      row["provider"] or "",
+                      row["fallback"] or row["degradation"] or row["error"] or "")
     out.print(table)
     events_table = Table("time", "type", "subject", "source", title="events")
     for e in summary["events"]:

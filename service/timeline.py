@@ -1,4 +1,5 @@
-"""A saga's timeline: each step's service, timing, attempts, outcome, fallback and error."""
+"""A saga's timeline: each step's service, timing, attempts, outcome, fallback, degradation
+(a cheaper model under a budget) and error."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def timeline_rows(state: SagaState) -> list[dict[str, Any]]:
             "outcome": step.status.value,
             "provider": provider,
             "fallback": step.fallback_reason,
+            "degradation": step.degradation,
             "error": f"{step.error.error_class}: {step.error.message}" if step.error else None,
         })
     return rows

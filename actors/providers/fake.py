@@ -156,18 +156,23 @@ class FakeImageAnalyzer:
 
 
 class FakeResponder:
-    """Answers ``Re: <message>`` plus any OCR text, with a fixed ``confidence``."""
+    """Answers ``Re: <message>`` plus any OCR text, with a fixed ``confidence``. A query's
+    ``model`` is honoured: the call log's arguments are the message and the model used, and
+    the result's provider names that model (``fake-1`` when none is asked for)."""
 
     def __init__(self, confidence: float = 0.9) -> None:
         self.confidence = confidence
         self.behaviour = FakeBehaviour()
 
     async def respond(self, query: ResponseQuery) -> ResponseDraft:
-        await self.behaviour.before("respond", query.message)
+        model = query.model or FAKE.model
+        await self.behaviour.before("respond", query.message, model)
         seen = " ".join(i.ocr_text for i in query.images if i.ocr_text)
         text = f"Re: {query.message}" + (f" [image: {seen}]" if seen else "")
+        provider = FAKE if model == FAKE.model else ProviderInfo(name=FAKE.name, model=model)
         return ResponseDraft(
-            text, self.confidence, FAKE, sources=(Source(id="FAKE-1", title="Fake", score=1.0),),
+            text, self.confidence, provider,
+            sources=(Source(id="FAKE-1", title="Fake", score=1.0),),
             usage=Usage(input_tokens=len(query.message.split()), output_tokens=len(text.split())),
         )
 

@@ -83,6 +83,9 @@ class StepRow(BaseModel):
     outcome: str
     provider: str | None
     fallback: str | None
+    degradation: str | None = Field(
+        default=None, description="How the step ran degraded (a cheaper model under a budget)."
+    )
     error: str | None
 
 

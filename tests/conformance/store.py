@@ -53,6 +53,17 @@ def timer(tid: str, due: datetime, saga_id: str = "s1") -> Timer:
     return Timer(id=tid, saga_id=saga_id, step="respond", kind="deadline", due_at=due, attempt=1)
 
 
+def cost_entry(request_id: str, cost: str, saga_id: str = "s1", step: str = "respond",
+               at: datetime = T0) -> CostEntry:
+    """The ledger entry of one accepted result of ``new_state``'s tenant (``t1``)."""
+    return CostEntry(
+        id=request_id, tenant="t1", workflow="support", correlation_id=saga_id, step=step,
+        service="responder", provider="fake", model="fake-1",
+        usage=Usage(input_tokens=10, output_tokens=20), cost=Decimal(cost), currency="USD",
+        price_table="t1", at=at,
+    )
+
+
 class StoreContract:
     """Behaviour every saga store must show."""
 
@@ -92,6 +103,60 @@ class StoreContract:
                              timers=[timer("t1", T0)])
         assert await store.pending_outbox() == []
         assert await store.due_timers(T0 + timedelta(days=1)) == []
+
+    async def test_save_records_its_costs_with_the_state(self, store: SagaStore) -> None:
+        """Ledger entries given to save are in the ledger once it returns, exactly."""
+        await store.save(new_state(), expected_version=0,
+                         costs=[cost_entry("r1", "0.000125"), cost_entry("r2", "1.5")])
+        assert await store.spent("t1", T0) == Decimal("1.500125")
+        assert await store.cost_report(T0, "service") == [
+            CostRow("responder", 2, 0, Decimal("1.500125"))
+        ]
+
+    async def test_a_save_that_loses_the_race_records_no_cost(self, store: SagaStore) -> None:
+        """A save that raises ConcurrencyError adds no ledger entry (it is reapplied, and the
+        reapplied change carries the entry if it still accepts the result)."""
+        await store.save(new_state(), expected_version=0, costs=[cost_entry("r1", "1")])
+        with pytest.raises(ConcurrencyError):
+            await store.save(new_state(), expected_version=0, costs=[cost_entry("r2", "2")])
+        state = await store.load("s1")
+        assert state is not None
+        with pytest.raises(ConcurrencyError):
+            await store.save(state, expected_version=7, costs=[cost_entry("r3", "4")])
+        assert await store.spent("t1", T0) == Decimal(1)
+        assert await store.cost_report(T0, "tenant") == [CostRow("t1", 1, 0, Decimal(1))]
+
+    async def test_a_save_that_fails_part_way_writes_nothing(self, store: SagaStore) -> None:
+        """A save whose outbox cannot be written (an event that cannot be serialised) leaves
+        no state, no ledger entry, no outbox event and no timer behind."""
+        broken = envelope().model_copy(update={"time": object()})
+        with pytest.raises(ValueError, match="erializ"):
+            await store.save(new_state(), expected_version=0, costs=[cost_entry("r1", "1")],
+                             outbox=[envelope(), broken], timers=[timer("t1", T0)])
+        assert await store.load("s1") is None
+        assert await store.spent("t1", T0) == 0
+        assert await store.cost_report(T0, "tenant") == []
+        assert await store.pending_outbox() == []
+        assert await store.due_timers(T0 + timedelta(days=1)) == []
+        saved = await store.save(new_state(), expected_version=0, costs=[cost_entry("r1", "1")])
+        assert saved.version == 1
+        assert await store.spent("t1", T0) == 1
+
+    async def test_ledger_entries_are_kept_once_per_request(self, store: SagaStore) -> None:
+        """The ledger's key is the request id: the same entry saved again (a redelivered
+        result, a repeated save), twice in one save, or recorded on its own is kept once, as
+        first written."""
+        state = await store.save(new_state(), expected_version=0,
+                                 costs=[cost_entry("r1", "0.25")])
+        state = await store.save(state, expected_version=1,
+                                 costs=[cost_entry("r1", "9"), cost_entry("r2", "0.5"),
+                                        cost_entry("r2", "0.5")])
+        await store.save(state, expected_version=2, costs=[cost_entry("r2", "7")])
+        await store.record_cost([cost_entry("r1", "3"), cost_entry("r3", "0.125")])
+        await store.save(new_state("s2"), expected_version=0,
+                         costs=[cost_entry("r3", "5", saga_id="s2")])
+        assert await store.spent("t1", T0) == Decimal("0.875")
+        assert await store.cost_report(T0, "tenant") == [CostRow("t1", 3, 0, Decimal("0.875"))]
 
     async def test_timers_are_due_in_order_and_claimed_once(self, store: SagaStore) -> None:
         """Due timers come back oldest first; claiming one succeeds exactly once."""
