@@ -16,18 +16,21 @@ error of the call.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
 import json
 import os
+import time
 import unicodedata
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import structlog
 from pydantic import TypeAdapter
@@ -71,6 +74,21 @@ class CacheBackend(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class LockingBackend(Protocol):
+    """A backend shared between processes that can also say "one worker is computing this
+    key": :class:`RedisCacheBackend`. With one, concurrent identical misses in different
+    workers pay once too."""
+
+    async def claim(self, key: str, ttl: float) -> str | None:
+        """Take the key's lock for ``ttl`` seconds; its token, or None if another holds it."""
+        ...
+
+    async def release(self, key: str, token: str) -> None:
+        """Give the lock back (only if it is still ours)."""
+        ...
+
+
 class CacheStore(Protocol):
     """The part of the saga store the cache uses."""
 
@@ -96,7 +114,8 @@ class StoreCacheBackend:
 
 
 class RedisCacheBackend:
-    """The cache in Redis (``redis://…``); entries expire by Redis' own TTL."""
+    """The cache in Redis (``redis://…``); entries expire by Redis' own TTL. Also a
+    :class:`LockingBackend` (``SET NX PX`` on ``lock:KEY``). :meth:`close` closes the client."""
 
     def __init__(self, url: str, prefix: str = "aiapps:cache:") -> None:
         try:
@@ -115,8 +134,25 @@ class RedisCacheBackend:
     async def put(self, key: str, value: bytes, ttl: float) -> None:
         await self.client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
 
+    async def claim(self, key: str, ttl: float) -> str | None:
+        token = uuid.uuid4().hex
+        taken = await self.client.set(
+            self.prefix + "lock:" + key, token, nx=True, px=max(1, int(ttl * 1000))
+        )
+        return token if taken else None
+
+    async def release(self, key: str, token: str) -> None:
+        await self.client.eval(_RELEASE, 1, self.prefix + "lock:" + key, token)
+
     async def close(self) -> None:
         await self.client.aclose()
+
+
+# delete the lock only if it still holds our token (it may have expired and been retaken)
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def cache_url(configured: str | None = None) -> str | None:
@@ -136,6 +172,9 @@ class CacheStats:
     misses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     saved: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     errors: int = 0
+    coalesced: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Of the hits, those that shared a call in flight (single-flight) rather than a stored
+    result."""
 
     def hit(self, service: str, saved: Decimal) -> None:
         self.hits[service] += 1
@@ -163,6 +202,7 @@ class CacheStats:
             "saved": {k: str(v) for k, v in self.saved.items()},
             "total_hits": self.total_hits, "total_misses": self.total_misses,
             "total_saved": str(self.total_saved), "errors": self.errors,
+            "coalesced": dict(self.coalesced),
         }
 
 
@@ -195,8 +235,36 @@ def _adapter(kind: type[R]) -> TypeAdapter[R]:
     return found
 
 
+@dataclass
+class _Flight:
+    """A provider call in flight for one key: its outcome, and when its followers stop
+    waiting for it (on the cache's clock)."""
+
+    future: asyncio.Future[Any]
+    deadline: float
+
+
 class ResultCache:
-    """Looks results up in a backend and meters hits, misses and money saved."""
+    """Looks results up in a backend and meters hits, misses and money saved.
+
+    Single-flight: concurrent identical misses share one provider call. In this process, the
+    first miss of a key leads (calls the provider) and the others follow (wait for its
+    outcome, an :class:`asyncio.Future` per key in flight): they get its result as a hit
+    (``cached=True``, zero usage, the cost metered as saved), or its error. A leader that is
+    cancelled leaves no result: its followers look again and one of them leads. A follower
+    that is cancelled stops waiting without disturbing the others (the wait is shielded).
+
+    ``wait`` bounds all this: followers wait for a call at most until it is ``wait`` seconds
+    old, then call the provider themselves, and a call older than that takes no followers.
+    Keep it below the step timeouts, so that a saga's retry after a timeout never joins the
+    call that timed out; 0 turns single-flight off. A call's age is read on ``clock``
+    (seconds; the service passes its own clock, the one step timeouts are measured on).
+
+    With a :class:`LockingBackend` (Redis), the leader also takes a lock on the key for
+    ``wait`` seconds: a leader in another worker that finds it taken polls the cache every
+    ``poll_interval`` until the result is there, or until the lock is gone (the holder failed
+    or died) and it can take the lock itself, or until ``wait`` has passed.
+    """
 
     def __init__(
         self,
@@ -205,11 +273,23 @@ class ResultCache:
         pricing: Pricing | None = None,
         stats: CacheStats | None = None,
         version: str = "1",
+        wait: float = 10.0,
+        poll_interval: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self.pricing: Pricing = pricing or _Free()
         self.stats = stats or CacheStats()
         self.version = version
+        self.wait = wait
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.waiting = 0
+        """Followers waiting for a call in flight now (a test harness counts them as stuck
+        when that call hangs)."""
+        self._flights: dict[str, _Flight] = {}
+        self._users = 0
+        self._closed = False
 
     def key(self, service: str, provider: str, parts: dict[str, Any]) -> str:
         """The key of one call: service, provider identity, cache version and the normalised
@@ -218,29 +298,81 @@ class ResultCache:
         digest = hashlib.sha256(body.encode()).hexdigest()
         return f"v{self.version}:{service}:{provider}:{digest}"
 
-    async def through(
-        self, service: str, key: str, ttl: float, kind: type[R], call: Callable[[], Awaitable[R]]
-    ) -> R:
-        """The cached result of ``key``, else ``call()``'s, which is then cached."""
-        adapter = _adapter(kind)
-        raw: bytes | None = None
+    async def _lookup(self, service: str, key: str, adapter: TypeAdapter[R]) -> R | None:
+        """The stored result of ``key`` as it was stored, or None (a failing backend or an
+        unreadable entry is a miss)."""
         try:
             raw = await self.backend.get(key)
         except Exception:  # a cache that fails is a miss, never the call's failure
             self.stats.errors += 1
             log.warning("cache get failed", service=service, exc_info=True)
-        if raw is not None:
+            return None
+        if raw is None:
+            return None
+        try:
+            return _decode(adapter, raw)
+        except Exception:
+            self.stats.errors += 1
+            log.warning("cache entry unreadable", service=service, exc_info=True)
+            return None
+
+    def _hit(self, service: str, found: R) -> R:
+        """``found`` as a hit: marked cached, no usage; what it cost is counted as saved."""
+        self.stats.hit(service, self.pricing.cost(found.provider, found.usage))
+        info = found.provider.model_copy(update={"cached": True})
+        return dataclasses.replace(found, provider=info, usage=Usage())
+
+    async def through(
+        self, service: str, key: str, ttl: float, kind: type[R], call: Callable[[], Awaitable[R]]
+    ) -> R:
+        """The cached result of ``key``, else ``call()``'s, which is then cached; concurrent
+        identical misses share one ``call()``."""
+        adapter = _adapter(kind)
+        while True:
+            found = await self._lookup(service, key, adapter)
+            if found is not None:
+                return self._hit(service, found)
+            if self.wait <= 0:
+                return await self._call(service, key, ttl, adapter, call)
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._lead(service, key, ttl, adapter, call)
+            left = flight.deadline - self.clock()
+            if left <= 0:  # too old to wait for (hung?): call alongside it
+                return await self._call(service, key, ttl, adapter, call)
+            self.waiting += 1
             try:
-                found = _decode(adapter, raw)
-            except Exception:
-                self.stats.errors += 1
-                log.warning("cache entry unreadable", service=service, exc_info=True)
-            else:
-                self.stats.hit(service, self.pricing.cost(found.provider, found.usage))
-                info = found.provider.model_copy(update={"cached": True})
-                return dataclasses.replace(found, provider=info, usage=Usage())
+                async with asyncio.timeout(left) as waited:
+                    shared: R = await asyncio.shield(flight.future)
+            except TimeoutError:
+                if not waited.expired():
+                    raise  # the leader's own error
+                return await self._call(service, key, ttl, adapter, call)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if flight.future.cancelled() and (task is None or not task.cancelling()):
+                    continue  # the leader was cancelled, not this caller: look again
+                raise
+            finally:
+                self.waiting -= 1
+            self.stats.coalesced[service] += 1
+            return self._hit(service, shared)
+
+    async def _call(
+        self, service: str, key: str, ttl: float, adapter: TypeAdapter[R],
+        call: Callable[[], Awaitable[R]], flight: _Flight | None = None,
+    ) -> R:
+        """A miss: ``call()``, its outcome to the flight's followers, its result stored."""
         self.stats.miss(service)
-        result = await call()
+        try:
+            result = await call()
+        except Exception as exc:
+            if flight is not None:
+                flight.future.set_exception(exc)
+                flight.future.exception()  # retrieved: no warning when nobody was waiting
+            raise
+        if flight is not None:
+            flight.future.set_result(result)  # the followers go on now, while it is stored
         if not result.provider.cached:
             try:
                 await self.backend.put(key, _encode(adapter, result), ttl)
@@ -249,7 +381,84 @@ class ResultCache:
                 log.warning("cache put failed", service=service, exc_info=True)
         return result
 
+    async def _lead(
+        self, service: str, key: str, ttl: float, adapter: TypeAdapter[R],
+        call: Callable[[], Awaitable[R]],
+    ) -> R:
+        # registered before the first await: a concurrent miss of the key now follows this one
+        flight = _Flight(asyncio.get_running_loop().create_future(), self.clock() + self.wait)
+        self._flights[key] = flight
+        token: str | None = None
+        try:
+            token, found = await self._claim(service, key, adapter)
+            if found is not None:  # another worker computed it meanwhile
+                flight.future.set_result(found)
+                return self._hit(service, found)
+            return await self._call(service, key, ttl, adapter, call, flight)
+        finally:
+            if not flight.future.done():  # cancelled (or interrupted): followers look again
+                flight.future.cancel()
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            if token is not None:
+                await self._release(service, key, token)
+
+    async def _claim(
+        self, service: str, key: str, adapter: TypeAdapter[R]
+    ) -> tuple[str | None, R | None]:
+        """With a locking backend: the key's lock (its token), or the result another worker
+        stored while this one waited for its lock; (None, None) to call without a lock."""
+        backend = self.backend
+        if not isinstance(backend, LockingBackend):
+            return None, None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait  # real time: the lock expires in Redis' time
+        while True:
+            try:
+                token = await backend.claim(key, self.wait)
+            except Exception:
+                self.stats.errors += 1
+                log.warning("cache lock failed", service=service, exc_info=True)
+                return None, None
+            if token is not None:
+                # the holder before us stores the result and then lets go: look once more
+                found = await self._lookup(service, key, adapter)
+                if found is not None:
+                    await self._release(service, key, token)
+                    return None, found
+                return token, None
+            if loop.time() >= deadline:
+                return None, None  # waited as long as a lock lives: call anyway
+            await asyncio.sleep(self.poll_interval)
+            found = await self._lookup(service, key, adapter)
+            if found is not None:
+                return None, found
+
+    async def _release(self, service: str, key: str, token: str) -> None:
+        backend = self.backend
+        if not isinstance(backend, LockingBackend):
+            return
+        try:
+            await backend.release(key, token)
+        except Exception:  # it expires on its own
+            self.stats.errors += 1
+            log.warning("cache unlock failed", service=service, exc_info=True)
+
+    def use(self) -> None:
+        """One more wrapper shares this cache (:meth:`release_use` when it closes)."""
+        self._users += 1
+
+    async def release_use(self) -> None:
+        """A wrapper using this cache closed: the last one closes the backend."""
+        self._users = max(self._users - 1, 0)
+        if self._users == 0:
+            await self.close()
+
     async def close(self) -> None:
+        """Close the backend (a Redis client); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         await self.backend.close()
 
 
@@ -282,6 +491,21 @@ class _Cached:
         self.cache = cache
         self.ttl = ttl
         self.identity = provider_identity(provider)
+        self._closed = False
+        cache.use()
+
+    async def aclose(self) -> None:
+        """Close the provider (if it has ``aclose()``) and, with the last wrapper sharing
+        it, the cache's backend (a Redis client); once, however many actors share it."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self.inner, "aclose", None)
+            if callable(close):
+                await close()
+        finally:
+            await self.cache.release_use()
 
     @property
     def stats(self) -> CacheStats:
@@ -380,11 +604,17 @@ def cached_provider(service: str, provider: Any, cache: ResultCache, ttl: float 
     return wrapper(provider, cache, ttl)
 
 
-def cache_stats(actors: Iterable[object]) -> CacheStats | None:
-    """The meter of the result cache the actors' providers share (None: no cache), for
-    telemetry: ``cache_stats(service.runtime.actors)``."""
+def result_cache(actors: Iterable[object]) -> ResultCache | None:
+    """The result cache the actors' providers share (None: no cache)."""
     for actor in actors:
         provider = getattr(actor, "provider", None)
         if isinstance(provider, _Cached):
-            return provider.stats
+            return provider.cache
     return None
+
+
+def cache_stats(actors: Iterable[object]) -> CacheStats | None:
+    """The meter of the result cache the actors' providers share (None: no cache), for
+    telemetry: ``cache_stats(service.runtime.actors)``."""
+    cache = result_cache(actors)
+    return cache.stats if cache is not None else None

@@ -15,7 +15,12 @@ them into a ``StepFailed`` event carrying ``error_class`` and ``retryable``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from events.errors import AiAppsError
+
+if TYPE_CHECKING:
+    from actors.ratelimit import RateLimitInfo
 
 
 class ProviderError(AiAppsError):
@@ -29,16 +34,23 @@ class ProviderError(AiAppsError):
 
 
 class ThrottledError(ProviderError):
-    """The service is rate limiting us; try again after ``retry_after`` seconds."""
+    """The service is rate limiting us; try again after ``retry_after`` seconds.
+    ``rate_limit`` is what the 429's headers said (remaining, reset, limits), for the throttle."""
 
     error_class = "throttled"
     retryable = True
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, provider: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        provider: str | None = None,
+        rate_limit: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(message, provider=provider)
         self.retry_after = retry_after
+        self.rate_limit = rate_limit
 
 
 class TransientError(ProviderError):

@@ -2,6 +2,12 @@
 deployment's quota (requests and tokens per minute), and that answers the service's 429 by
 pausing every call to that deployment for its ``Retry-After`` and trying again itself.
 
+What the service says about its limits feeds the same bucket through one method,
+:meth:`RateLimiter.observe`: the ``x-ratelimit-*`` headers of every answer (reported by the
+adapter, :mod:`actors.ratelimit`) and everything a 429 carries. When the service says nothing
+is left until a reset, the bucket grants nothing until then, so the call waits here instead of
+earning a 429; a limit lower than the configured quota slows the bucket down to it.
+
 So a throttled actor slows down to the allowed rate and holds its messages (its handlers stay
 busy waiting: consumption pauses) instead of bouncing them between bus retries and the saga's
 retry timers. After ``max_retries`` throttled answers in a row, or when the wait would exceed
@@ -14,6 +20,7 @@ the deployment through one Lua script (atomic on the Redis server, timed by its 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +30,7 @@ from typing import Any, Protocol
 import structlog
 
 from actors.errors import ThrottledError
+from actors.ratelimit import RateLimitInfo, collecting
 
 log = structlog.get_logger("actors.throttle")
 
@@ -49,30 +57,75 @@ class RateLimiter(Protocol):
         """Stop granting anything for ``seconds`` (the service said ``Retry-After``)."""
         ...
 
+    async def observe(self, info: RateLimitInfo) -> None:
+        """Take in what the service said about its limits (:class:`RateLimitInfo`):
+
+        * ``retry_after``: :meth:`pause` for that long;
+        * ``remaining`` with its ``reset``: until the reset, grant no more than ``remaining``
+          (so ``remaining=0`` stops every call until then);
+        * ``remaining`` alone: the bucket holds no more than that (it refills as usual);
+        * ``limit`` lower than the configured quota: the bucket runs at that limit (per
+          minute) until the service says otherwise. A quota that is not configured is never
+          invented from a header: there, ``remaining``/``reset`` and pauses still apply.
+        """
+        ...
+
     async def close(self) -> None: ...
 
 
+@dataclass
+class _Window:
+    """The service's word: no more than ``remaining`` until ``until`` (the reset)."""
+
+    remaining: float
+    until: float
+
+
+def _merge(window: _Window | None, remaining: float, until: float, now: float) -> _Window:
+    """An active window is only replaced by one at least as tight (responses can arrive out
+    of order: a stale, higher count must not loosen a fresher, lower one)."""
+    if window is None or now >= window.until or remaining <= window.remaining:
+        return _Window(remaining, until)
+    return window
+
+
 class LocalRateLimiter:
-    """Two token buckets (requests, tokens) refilled continuously, and a pause; in-process."""
+    """Two token buckets (requests, tokens) refilled continuously, the service's windows
+    (remaining until reset), and a pause; in-process."""
 
     def __init__(self, quota: Quota, clock: Callable[[], float] = time.monotonic) -> None:
         self.quota = quota
         self.clock = clock
         now = clock()
+        self._reported_rpm: float | None = None
+        self._reported_tpm: float | None = None
         self._requests = quota.requests_per_minute or 0.0
         self._tokens = quota.tokens_per_minute or 0.0
         self._at = now
         self._paused_until = 0.0
+        self._request_window: _Window | None = None
+        self._token_window: _Window | None = None
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        """The rate in force: the configured one, or the service's if that is lower."""
+        return _lower(self.quota.requests_per_minute, self._reported_rpm)
+
+    @property
+    def tokens_per_minute(self) -> float | None:
+        return _lower(self.quota.tokens_per_minute, self._reported_tpm)
 
     def _refill(self, now: float) -> None:
         elapsed = max(now - self._at, 0.0)
         self._at = now
-        if self.quota.requests_per_minute:
-            rpm = self.quota.requests_per_minute
+        if rpm := self.requests_per_minute:
             self._requests = min(rpm, self._requests + elapsed * rpm / 60)
-        if self.quota.tokens_per_minute:
-            tpm = self.quota.tokens_per_minute
+        if tpm := self.tokens_per_minute:
             self._tokens = min(tpm, self._tokens + elapsed * tpm / 60)
+        if self._request_window is not None and now >= self._request_window.until:
+            self._request_window = None
+        if self._token_window is not None and now >= self._token_window.until:
+            self._token_window = None
 
     async def acquire(self, tokens: int) -> float:
         now = self.clock()
@@ -80,74 +133,151 @@ class LocalRateLimiter:
             return self._paused_until - now
         self._refill(now)
         wait = 0.0
-        rpm, tpm = self.quota.requests_per_minute, self.quota.tokens_per_minute
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
         if rpm and self._requests < 1:
             wait = max(wait, (1 - self._requests) * 60 / rpm)
         if tpm:
             need = min(float(tokens), tpm)  # a call larger than the bucket waits for it full
             if self._tokens < need:
                 wait = max(wait, (need - self._tokens) * 60 / tpm)
+        requests, token_window = self._request_window, self._token_window
+        if requests is not None and requests.remaining < 1:
+            wait = max(wait, requests.until - now)
+        if token_window is not None and token_window.remaining < tokens:
+            wait = max(wait, token_window.until - now)
         if wait > 0:
             return wait
         if rpm:
             self._requests -= 1
         if tpm:
             self._tokens -= min(float(tokens), tpm)
+        if requests is not None:
+            requests.remaining -= 1
+        if token_window is not None:
+            token_window.remaining -= tokens
         return 0.0
 
     async def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self.clock() + seconds)
 
+    async def observe(self, info: RateLimitInfo) -> None:
+        now = self.clock()
+        self._refill(now)
+        if info.retry_after is not None and info.retry_after > 0:
+            self._paused_until = max(self._paused_until, now + info.retry_after)
+        if info.limit_requests is not None:
+            self._reported_rpm = info.limit_requests
+        if info.limit_tokens is not None:
+            self._reported_tpm = info.limit_tokens
+        if rpm := self.requests_per_minute:
+            self._requests = min(self._requests, rpm)
+        if tpm := self.tokens_per_minute:
+            self._tokens = min(self._tokens, tpm)
+        if info.remaining_requests is not None:
+            self._requests = min(self._requests, info.remaining_requests)
+            if info.reset_requests is not None:
+                self._request_window = _merge(self._request_window, info.remaining_requests,
+                                              now + info.reset_requests, now)
+        if info.remaining_tokens is not None:
+            self._tokens = min(self._tokens, info.remaining_tokens)
+            if info.reset_tokens is not None:
+                self._token_window = _merge(self._token_window, info.remaining_tokens,
+                                            now + info.reset_tokens, now)
+
     async def close(self) -> None:
         return None
 
 
-# KEYS[1]: the bucket hash. ARGV: rpm, tpm, tokens wanted, pause seconds (0: acquire).
-# Returns the seconds to wait as a string (0 when granted). Timed by the server's clock.
+def _lower(configured: float | None, reported: float | None) -> float | None:
+    if configured is None or reported is None:
+        return configured
+    return min(configured, reported)
+
+
+# KEYS[1]: the bucket hash. ARGV: mode ('a' acquire, 'p' pause, 'o' observe), configured rpm,
+# tpm (0: none), then for 'a' the tokens wanted, for 'p' the seconds, for 'o' retry-after,
+# remaining and reset of requests and of tokens, limit of requests and of tokens (-1: not
+# said). Returns the seconds to wait as a string (0 when granted). Timed by the server's clock;
+# the same rules as LocalRateLimiter.
 _LUA = """
 local key = KEYS[1]
-local rpm = tonumber(ARGV[1])
-local tpm = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local pause = tonumber(ARGV[4])
+local mode = ARGV[1]
+local rpm = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local s = redis.call('HMGET', key, 'req', 'tok', 'at', 'paused')
+local s = redis.call('HMGET', key, 'req', 'tok', 'at', 'paused', 'rlim', 'tlim',
+                     'rrem', 'runtil', 'trem', 'tuntil')
+local rlim = tonumber(s[5]) or -1
+local tlim = tonumber(s[6]) or -1
+if mode == 'o' then
+  if tonumber(ARGV[9]) > 0 then rlim = tonumber(ARGV[9]) end
+  if tonumber(ARGV[10]) > 0 then tlim = tonumber(ARGV[10]) end
+end
+if rpm > 0 and rlim > 0 then rpm = math.min(rpm, rlim) end
+if tpm > 0 and tlim > 0 then tpm = math.min(tpm, tlim) end
 local req = tonumber(s[1]) or rpm
 local tok = tonumber(s[2]) or tpm
 local at = tonumber(s[3]) or now
 local paused = tonumber(s[4]) or 0
-if pause > 0 then
-  paused = math.max(paused, now + pause)
-  redis.call('HSET', key, 'paused', tostring(paused))
-  redis.call('EXPIRE', key, 3600)
-  return '0'
-end
-if now < paused then
-  return tostring(paused - now)
-end
+local rrem = tonumber(s[7]) or -1
+local runtil = tonumber(s[8]) or 0
+local trem = tonumber(s[9]) or -1
+local tuntil = tonumber(s[10]) or 0
+if now >= runtil then rrem = -1 end
+if now >= tuntil then trem = -1 end
 local elapsed = math.max(now - at, 0)
 if rpm > 0 then req = math.min(rpm, req + elapsed * rpm / 60) end
 if tpm > 0 then tok = math.min(tpm, tok + elapsed * tpm / 60) end
 local wait = 0
-if rpm > 0 and req < 1 then wait = math.max(wait, (1 - req) * 60 / rpm) end
-local need = want
-if tpm > 0 then
-  need = math.min(want, tpm)
-  if tok < need then wait = math.max(wait, (need - tok) * 60 / tpm) end
+if mode == 'p' then
+  paused = math.max(paused, now + tonumber(ARGV[4]))
+elseif mode == 'o' then
+  local after = tonumber(ARGV[4])
+  if after > 0 then paused = math.max(paused, now + after) end
+  local r, rr, k, kr = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  if r >= 0 then
+    req = math.min(req, r)
+    if rr >= 0 and (rrem < 0 or r <= rrem) then rrem = r; runtil = now + rr end
+  end
+  if k >= 0 then
+    tok = math.min(tok, k)
+    if kr >= 0 and (trem < 0 or k <= trem) then trem = k; tuntil = now + kr end
+  end
+else
+  if now < paused then return tostring(paused - now) end
+  local want = tonumber(ARGV[4])
+  if rpm > 0 and req < 1 then wait = math.max(wait, (1 - req) * 60 / rpm) end
+  local need = want
+  if tpm > 0 then
+    need = math.min(want, tpm)
+    if tok < need then wait = math.max(wait, (need - tok) * 60 / tpm) end
+  end
+  if rrem >= 0 and rrem < 1 then wait = math.max(wait, runtil - now) end
+  if trem >= 0 and trem < want then wait = math.max(wait, tuntil - now) end
+  if wait == 0 then
+    if rpm > 0 then req = req - 1 end
+    if tpm > 0 then tok = tok - need end
+    if rrem >= 0 then rrem = rrem - 1 end
+    if trem >= 0 then trem = trem - want end
+  end
 end
-if wait == 0 then
-  if rpm > 0 then req = req - 1 end
-  if tpm > 0 then tok = tok - need end
-end
-redis.call('HSET', key, 'req', tostring(req), 'tok', tostring(tok), 'at', tostring(now))
+redis.call('HSET', key, 'req', tostring(req), 'tok', tostring(tok), 'at', tostring(now),
+           'paused', tostring(paused), 'rlim', tostring(rlim), 'tlim', tostring(tlim),
+           'rrem', tostring(rrem), 'runtil', tostring(runtil),
+           'trem', tostring(trem), 'tuntil', tostring(tuntil))
 redis.call('EXPIRE', key, 3600)
 return tostring(wait)
 """
 
 
+def _arg(value: float | None) -> float:
+    return -1 if value is None else value
+
+
 class RedisRateLimiter:
-    """The same buckets in Redis, shared by every worker of the deployment."""
+    """The same buckets in Redis, shared by every worker of the deployment; :meth:`close`
+    closes its client (the throttled provider's ``aclose()`` calls it)."""
 
     def __init__(self, url: str, deployment: str, quota: Quota,
                  prefix: str = "aiapps:throttle:") -> None:
@@ -158,19 +288,26 @@ class RedisRateLimiter:
         self.quota = quota
         self._script: Any = self.client.register_script(_LUA)
 
-    async def _run(self, tokens: int, pause: float) -> float:
+    async def _run(self, mode: str, *args: float) -> float:
         result = await self._script(
             keys=[self.key],
-            args=[self.quota.requests_per_minute or 0, self.quota.tokens_per_minute or 0,
-                  tokens, pause],
+            args=[mode, self.quota.requests_per_minute or 0, self.quota.tokens_per_minute or 0,
+                  *args],
         )
         return float(result.decode() if isinstance(result, bytes) else result)
 
     async def acquire(self, tokens: int) -> float:
-        return await self._run(tokens, 0)
+        return await self._run("a", tokens)
 
     async def pause(self, seconds: float) -> None:
-        await self._run(0, max(seconds, 0.001))
+        await self._run("p", max(seconds, 0.0))
+
+    async def observe(self, info: RateLimitInfo) -> None:
+        await self._run(
+            "o", info.retry_after or 0, _arg(info.remaining_requests), _arg(info.reset_requests),
+            _arg(info.remaining_tokens), _arg(info.reset_tokens),
+            info.limit_requests or 0, info.limit_tokens or 0,
+        )
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -184,6 +321,8 @@ class ThrottleStats:
     throttled: int = 0
     waited: float = 0.0
     gave_up: int = 0
+    observed: int = 0
+    """Rate-limit observations (response headers, 429s) fed to the limiter."""
     by_deployment: dict[str, int] = field(default_factory=dict)
 
 
@@ -223,6 +362,7 @@ class ThrottledProvider:
         self.default_retry_after = default_retry_after
         self.stats = stats or ThrottleStats()
         self._sleep = sleep
+        self._closed = False
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self.inner, name)
@@ -259,7 +399,8 @@ class ThrottledProvider:
                 raise
             self.stats.calls += 1
             try:
-                return await target(*args, **kwargs)
+                with collecting() as seen:
+                    result = await target(*args, **kwargs)
             except ThrottledError as exc:
                 attempt += 1
                 self.stats.throttled += 1
@@ -267,12 +408,41 @@ class ThrottledProvider:
                     self.stats.by_deployment.get(self.deployment, 0) + 1
                 )
                 pause = exc.retry_after if exc.retry_after is not None else self.default_retry_after
+                # the pause (and whatever else the 429 said) holds for every caller, even if
+                # this one now gives up
+                await self._observe(dataclasses.replace(
+                    exc.rate_limit or RateLimitInfo(), retry_after=pause
+                ))
                 if attempt > self.max_retries or waited + pause > self.max_wait:
                     self.stats.gave_up += 1
                     raise
                 log.info("throttled; pausing the deployment", deployment=self.deployment,
                          retry_after=pause, attempt=attempt)
-                await self.limiter.pause(pause)
+                continue
+            for info in seen:
+                await self._observe(info)
+            return result
+
+    async def _observe(self, info: RateLimitInfo) -> None:
+        self.stats.observed += 1
+        try:
+            await self.limiter.observe(info)
+        except Exception:  # a limiter that fails to note the headers must not fail the call
+            log.warning("rate-limit headers not recorded", deployment=self.deployment,
+                        exc_info=True)
+
+    async def aclose(self) -> None:
+        """Close the provider (if it has ``aclose()``) and the limiter (its Redis client);
+        once, however many actors share this provider."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self.inner, "aclose", None)
+            if callable(close):
+                await close()
+        finally:
+            await self.limiter.close()
 
 
 def throttled_provider(

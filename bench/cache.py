@@ -12,6 +12,7 @@ pays for its answer.
 
     .venv/bin/python -m bench.cache                # 1,000 inquiries, both variants
     .venv/bin/python -m bench.cache --n 200 --seed 7
+    .venv/bin/python -m bench.cache --latency 0.01  # calls overlap: single-flight at work
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ def _settings_class() -> type[Settings]:
     return CostedSettings
 
 
-async def run_variant(draws: list[Draw], cached: bool, tmp: Path, batch: int = 50) -> dict[str, Any]:
+async def run_variant(draws: list[Draw], cached: bool, tmp: Path, batch: int = 50,
+                      latency: float = 0.0) -> dict[str, Any]:
     fakes = FakeProviders()
+    for behaviour in fakes.behaviours().values():
+        behaviour.latency = latency
     fakes.language.by_text = {d.message: d.language for d in draws}
     fakes.vision.ocr_text = "ORDER ORD-2024-58317"
     cost = CostSettings(cache=CacheSettings(enabled=cached), ledger=False)
@@ -180,10 +184,12 @@ async def run_variant(draws: list[Draw], cached: bool, tmp: Path, batch: int = 5
 
 
 async def run(n: int = 1000, seed: int = 42, out_dir: Path | None = RESULTS,
-              quiet: bool = False) -> dict[str, Any]:
+              quiet: bool = False, latency: float = 0.0) -> dict[str, Any]:
+    """``latency``: seconds every fake call takes; with some, identical calls of concurrent
+    inquiries overlap, and the cache's single-flight makes them one call."""
     quiet_logging()
     draws = workload(n, seed)
-    result = header("cache", n=n, seed=seed, price_table=PRICES.version)
+    result = header("cache", n=n, seed=seed, price_table=PRICES.version, latency=latency)
     result["workload"] = {
         "distinct_messages": len({(d.message, d.language) for d in draws}),
         "non_english": sum(d.language != "en" for d in draws),
@@ -192,8 +198,8 @@ async def run(n: int = 1000, seed: int = 42, out_dir: Path | None = RESULTS,
         "voice": sum(d.voice for d in draws),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        without = await run_variant(draws, False, Path(tmp) / "off")
-        with_cache = await run_variant(draws, True, Path(tmp) / "on")
+        without = await run_variant(draws, False, Path(tmp) / "off", latency=latency)
+        with_cache = await run_variant(draws, True, Path(tmp) / "on", latency=latency)
     saved_calls = without["provider_calls"] - with_cache["provider_calls"]
     cost_off, cost_on = Decimal(without["cost_total"]), Decimal(with_cache["cost_total"])
     result["without_cache"] = without
@@ -219,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds each fake provider call takes (default 0)")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.n, args.seed))
+    result = asyncio.run(run(args.n, args.seed, latency=args.latency))
     if "path" in result:
         print(result["path"])
     return 0

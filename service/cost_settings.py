@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from saga.budget import CostControl, TenantBudget
 from saga.cost import PriceTable
+from saga.workflow import Cheaper
 
 DEFAULT_TTL: dict[str, float] = {
     # TTL per cost tier (seconds): deterministic, stable results live longest; a generated
@@ -42,6 +43,12 @@ class CacheSettings(BaseModel):
     )
     version: str = Field(
         default="1", description="Part of every key: change it to invalidate the whole cache."
+    )
+    single_flight: float = Field(
+        default=10.0, ge=0,
+        description="Seconds a request waits for an identical call already in flight (its "
+        "result is shared; with Redis, across workers too) before calling the provider "
+        "itself; keep it below the step timeouts. 0 turns single-flight off.",
     )
 
     def ttl_of(self, service: str) -> float | None:
@@ -92,6 +99,13 @@ class CostSettings(BaseModel):
     responder_output_tokens: int = Field(
         default=400, ge=0, description="Output tokens a generated answer is estimated at."
     )
+    cheaper_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='A budget degradation per service: the cheaper provider/model (or just '
+        'model) its steps run on when a budget refuses the usual call but this one fits, e.g. '
+        '{"responder": "azure-openai/gpt-4o-mini"} (the support workflow\'s response '
+        'step). Priced by the price table; for Azure OpenAI the model is a deployment name.',
+    )
 
     throttle: dict[str, ThrottleSettings] = Field(
         default_factory=dict,
@@ -103,6 +117,18 @@ class CostSettings(BaseModel):
         description="redis://… to share the buckets between workers; else AIAPPS_THROTTLE_URL, "
         "else the cache's Redis, else in-process.",
     )
+
+    @field_validator("cheaper_models")
+    @classmethod
+    def _valid_models(cls, value: dict[str, str]) -> dict[str, str]:
+        for ref in value.values():
+            Cheaper.parse(ref)  # raises ValueError (a validation error) for an empty name
+        return value
+
+    def cheaper(self, service: str) -> Cheaper | None:
+        """The cheaper model ``service``'s steps may run on under a budget, if any."""
+        ref = self.cheaper_models.get(service)
+        return Cheaper.parse(ref) if ref else None
 
     def throttle_of(self, service: str) -> ThrottleSettings | None:
         return self.throttle.get(service) or self.throttle.get("*")

@@ -197,6 +197,7 @@ async def _replay(
     workflows = make_coordinator(settings, RecordingTransport(), InMemorySagaStore()).workflows
     diff: dict[str, Any] = {}
     override = None
+    actor: Any = None
     if rerun is not None:
         if original is not None and rerun not in original.steps:
             raise _fail(f"no step {rerun!r} in this saga: {', '.join(original.steps)}")
@@ -224,7 +225,12 @@ async def _replay(
             return result
 
         override = override_step
-    report = await replay(events, workflows.values(), original=original, override=override)
+    try:
+        report = await replay(events, workflows.values(), original=original, override=override)
+    finally:
+        close = getattr(getattr(actor, "provider", None), "aclose", None)
+        if callable(close):  # its connections, and the cache's or throttle's Redis client
+            await close()
     return report, diff
 
 

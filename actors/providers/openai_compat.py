@@ -12,8 +12,10 @@ Ollama, LiteLLM), through the ``openai`` SDK's async clients.
   :func:`save_generated_image` puts an image in the blob store.
 
 The SDK's retries are off (``max_retries=0``): the saga owns retries. Errors are classified by
-:func:`actors.providers.azure.errors.classify`. Keys are :class:`pydantic.SecretStr` and never
-appear in ``repr`` or error messages.
+:func:`actors.providers.azure.errors.classify`. Calls go through the SDK's ``with_raw_response``
+so that the ``x-ratelimit-*`` headers of every answer reach the throttle
+(:func:`actors.ratelimit.report`); a 429's headers travel on its ``ThrottledError``. Keys are
+:class:`pydantic.SecretStr` and never appear in ``repr`` or error messages.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from actors.blobstore import BlobStore
 from actors.capabilities import GeneratedImage, ImageGenerator, ResponseDraft, ResponseQuery
 from actors.errors import PermanentError, UnsupportedError
 from actors.providers.azure._auth import as_secret, close_quietly, secret_values
-from actors.providers.azure.errors import DEFAULT_MAX_RETRY_AFTER, mapped_errors
+from actors.providers.azure.errors import (
+    DEFAULT_MAX_RETRY_AFTER,
+    mapped_errors,
+    parse_rate_limit_headers,
+)
+from actors.ratelimit import report
 from events.common import BlobRef, ProviderInfo, Usage
 from events.support import ImageFindings, Source
 
@@ -153,6 +160,10 @@ class OpenAIEndpoint:
             max_retry_after=self.connection.max_retry_after,
         )
 
+    def _report_rate_limits(self, headers: Any) -> None:
+        """Hand the response's ``x-ratelimit-*`` headers to the throttle around the call."""
+        report(parse_rate_limit_headers(headers, cap=self.connection.max_retry_after))
+
     async def check(self) -> str:
         """Reachability and key check for ``ai-apps providers check``: the models list (free).
         Raises :class:`AuthError` when the key is refused."""
@@ -194,7 +205,9 @@ def _article_block(article: Article) -> str:
 class OpenAIResponder(OpenAIEndpoint):
     """``Responder`` grounded in the knowledge base, on a chat-completions endpoint.
 
-    ``model`` is the Azure deployment name (kind "azure") or the model name (kind "openai").
+    ``model`` is the Azure deployment name (kind "azure") or the model name (kind "openai");
+    a query's ``model`` replaces it for that call (the saga's cheaper model under a budget),
+    and the result's provider names the model that answered, so it is priced at that model.
     Articles among the ``top_k`` retrieved whose cosine score reaches ``min_score`` go into the
     prompt; with none, the model is told so and asked to hand over, and the confidence is low.
     """
@@ -295,6 +308,8 @@ class OpenAIResponder(OpenAIEndpoint):
 
     async def respond(self, query: ResponseQuery) -> ResponseDraft:
         name = self.connection.provider_name
+        # a query may ask for another model or deployment (a cheaper one, under a budget)
+        model = query.model or self.model
         if not query.message.strip():
             raise PermanentError("the message to answer is empty", provider=name)
         articles, confidence = await asyncio.to_thread(self.retrieve, query)
@@ -303,10 +318,12 @@ class OpenAIResponder(OpenAIEndpoint):
             options["temperature"] = self._temperature
         client = self._get_client()
         with self._errors():
-            response = await client.chat.completions.create(
-                model=self.model, messages=self.messages(query, articles),  # type: ignore[arg-type]
+            raw = await client.chat.completions.with_raw_response.create(
+                model=model, messages=self.messages(query, articles),  # type: ignore[arg-type]
                 **options,
             )
+            self._report_rate_limits(raw.headers)
+            response = raw.parse()
         if not response.choices:
             raise PermanentError(f"{name} returned no choices", provider=name)
         choice = response.choices[0]
@@ -321,7 +338,7 @@ class OpenAIResponder(OpenAIEndpoint):
         return ResponseDraft(
             text=text,
             confidence=confidence if articles else min(confidence, 0.2),
-            provider=self.provider,
+            provider=self.provider if model == self.model else ProviderInfo(name=name, model=model),
             sources=tuple(Source(id=a.id, title=a.title, score=round(s, 4)) for a, s in articles),
             usage=Usage(
                 input_tokens=usage.prompt_tokens if usage else 0,
@@ -382,7 +399,11 @@ class OpenAICompatImageGenerator(OpenAIEndpoint):
             options["quality"] = self._quality
         client = self._get_client()
         with self._errors():
-            response = await client.images.generate(model=self.model, prompt=prompt, **options)
+            raw = await client.images.with_raw_response.generate(
+                model=self.model, prompt=prompt, **options
+            )
+            self._report_rate_limits(raw.headers)
+            response = raw.parse()
         item = response.data[0] if response.data else None
         if item is None or not item.b64_json:
             raise PermanentError(f"{name} returned no image data", provider=name)

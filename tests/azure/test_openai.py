@@ -3,6 +3,8 @@ AsyncOpenAI) against the loopback fake."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,9 +23,12 @@ from actors.providers.openai_compat import (
     OpenAIResponder,
     save_generated_image,
 )
+from actors.ratelimit import RateLimitInfo, collecting
+from actors.throttle import LocalRateLimiter, Quota, ThrottledProvider
+from events.common import ProviderInfo
 from events.support import ImageFindings
 from tests.azure.conftest import KEY
-from tests.azure_fakes import FakeAzure, content_filter, drop, server_error, throttle
+from tests.azure_fakes import Failure, FakeAzure, content_filter, drop, server_error, throttle
 
 pytestmark = pytest.mark.azure
 
@@ -79,6 +84,20 @@ class TestAzureResponder:
         words = sum(len(m["content"].split()) for m in body["messages"])
         assert draft.usage.input_tokens == words
         assert draft.usage.output_tokens == len(draft.text.split())
+
+    async def test_a_query_may_ask_for_another_deployment(
+        self, fake: FakeAzure, responder: OpenAIResponder
+    ) -> None:
+        """A query's ``model`` (a cheaper deployment, under a budget) is the one called and the
+        one the result names, so it is priced at that model; the next query uses its own."""
+        draft = await responder.respond(dataclasses.replace(QUERY, model="gpt-35-turbo"))
+        assert draft.provider == ProviderInfo(name="azure-openai", model="gpt-35-turbo")
+        usual = await responder.respond(QUERY)
+        assert usual.provider == ProviderInfo(name="azure-openai", model="gpt-4o-mini")
+        cheap, own = fake.received("chat")
+        assert cheap.path == "/openai/deployments/gpt-35-turbo/chat/completions"
+        assert cheap.json()["model"] == "gpt-35-turbo"
+        assert own.path == "/openai/deployments/gpt-4o-mini/chat/completions"
 
     async def test_no_matching_article_means_low_confidence(self, fake: FakeAzure, kb: KnowledgeBase) -> None:
         r = OpenAIResponder(azure_connection(fake), "gpt-4o-mini", kb, min_score=0.99)
@@ -236,3 +255,61 @@ class TestImages:
                 await g.generate("something")
         finally:
             await g.aclose()
+
+
+class TestRateLimitHeaders:
+    """The ``x-ratelimit-*`` headers, read through the SDK's raw responses, reach the
+    throttle: a service that says nothing is left until a reset is not asked before it."""
+
+    EXHAUSTED = {
+        "x-ratelimit-limit-requests": "60", "x-ratelimit-limit-tokens": "150000",
+        "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "149000",
+        "x-ratelimit-reset-requests": "800ms", "x-ratelimit-reset-tokens": "1s",
+    }
+
+    async def test_the_fake_keeps_its_word(self, fake: FakeAzure, responder: OpenAIResponder) -> None:
+        """Without a throttle the second call comes too early and gets the 429."""
+        fake.rate_limit_next("chat", self.EXHAUSTED)
+        await responder.respond(QUERY)
+        with pytest.raises(ThrottledError):
+            await responder.respond(QUERY)
+        assert fake.rejected["chat"] == 1
+
+    async def test_remaining_zero_waits_for_the_reset_instead_of_a_429(
+        self, fake: FakeAzure, responder: OpenAIResponder
+    ) -> None:
+        fake.rate_limit_next("chat", self.EXHAUSTED)
+        wrapped = ThrottledProvider(responder, LocalRateLimiter(Quota()), deployment="gpt-4o-mini",
+                                    max_wait=5)
+        first = await wrapped.respond(QUERY)
+        started = time.monotonic()
+        second = await wrapped.respond(QUERY)
+        waited = time.monotonic() - started
+        assert second.text == first.text
+        assert waited >= 0.75
+        assert fake.rejected["chat"] == 0  # never asked before the reset
+        assert len(fake.received("chat")) == 2
+        assert (wrapped.stats.throttled, wrapped.stats.observed) == (0, 1)
+
+    async def test_a_429_carries_its_headers(self, fake: FakeAzure, responder: OpenAIResponder) -> None:
+        fake.fail_next("chat", Failure(429, {"error": {"code": "429", "message": "slow down"}}, {
+            "Retry-After": "2", "retry-after-ms": "1500", "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "3s",
+        }))
+        with pytest.raises(ThrottledError) as caught:
+            await responder.respond(QUERY)
+        assert caught.value.retry_after == 1.5
+        assert caught.value.rate_limit == RateLimitInfo(
+            remaining_requests=0, reset_requests=3.0, retry_after=1.5
+        )
+
+    async def test_image_generation_reports_too(self, fake: FakeAzure) -> None:
+        g = AzureImageGenerator(fake.url, "dall-e-3", api_key=KEY)
+        fake.rate_limit_next("images", {"x-ratelimit-remaining-requests": "4",
+                                        "x-ratelimit-reset-requests": "6s"})
+        try:
+            with collecting() as seen:
+                await g.generate("a coffee machine")
+        finally:
+            await g.aclose()
+        assert seen == [RateLimitInfo(remaining_requests=4, reset_requests=6.0)]

@@ -14,9 +14,13 @@ Routes (each answers like the real service, including its error bodies):
 
 Every request is recorded (:attr:`FakeAzure.requests`). :meth:`FakeAzure.fail_next` scripts
 failures per route: 429 with ``Retry-After`` / ``retry-after-ms``, 5xx, Azure OpenAI's 400
-``content_filter`` body, 401/403, or a dropped connection. With ``key`` set, a request without
-that key (``Ocp-Apim-Subscription-Key``, ``api-key`` or ``Authorization: Bearer``) gets the
-service's 401, as the real gateway does; ``tokens`` are accepted bearer tokens (Entra ID).
+``content_filter`` body, 401/403, or a dropped connection. :meth:`FakeAzure.rate_limit_next`
+adds ``x-ratelimit-*`` headers to the next successful answers of a route, and the fake keeps
+its word: after ``x-ratelimit-remaining-requests: 0`` with ``x-ratelimit-reset-requests``, a
+request of that route before the reset gets a 429 (counted in :attr:`FakeAzure.rejected`).
+With ``key`` set, a request without that key (``Ocp-Apim-Subscription-Key``, ``api-key`` or
+``Authorization: Bearer``) gets the service's 401, as the real gateway does; ``tokens`` are
+accepted bearer tokens (Entra ID).
 """
 
 from __future__ import annotations
@@ -75,6 +79,13 @@ def throttle(retry_after: str | None = "7", retry_after_ms: str | None = None) -
                    f"limit of your current pricing tier. Please retry after {retry_after} seconds."}},
         headers,
     )
+
+
+def _seconds(duration: str) -> float:
+    """The fake's reading of a reset time: ``"750ms"``, ``"2s"`` or plain seconds."""
+    if duration.endswith("ms"):
+        return float(duration[:-2]) / 1000
+    return float(duration.removesuffix("s"))
 
 
 def server_error(status: int = 500) -> Failure:
@@ -174,6 +185,10 @@ class FakeAzure:
         ]
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._rate_headers: dict[Route, list[dict[str, str]]] = {r: [] for r in ROUTES}
+        self._closed_until: dict[Route, float] = {}
+        self.rejected: dict[Route, int] = dict.fromkeys(ROUTES, 0)
+        """Requests answered 429 because they came before an announced reset."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -182,7 +197,8 @@ class FakeAzure:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> FakeAzure:
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app = web.Application(client_max_size=32 * 1024 * 1024,
+                              middlewares=[self._rate_limit_headers])
         app.router.add_post("/translate", self._translate)
         app.router.add_get("/languages", self._languages)
         app.router.add_post("/computervision/imageanalysis:analyze", self._analyze)
@@ -220,15 +236,40 @@ class FakeAzure:
     def fail_next(self, route: Route, *failures: Failure) -> None:
         self._script[route].extend(failures)
 
+    def rate_limit_next(self, route: Route, *headers: dict[str, str]) -> None:
+        """Each of the next successful answers of ``route`` carries one of ``headers``."""
+        self._rate_headers[route].extend(headers)
+
     def reset(self) -> None:
         self.requests.clear()
         for queue in self._script.values():
             queue.clear()
+        for pending in self._rate_headers.values():
+            pending.clear()
+        self._closed_until.clear()
 
     def received(self, route: Route) -> list[Recorded]:
         return [r for r in self.requests if r.route == route]
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _rate_limit_headers(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        # the handler of route "chat" is _chat, and so on
+        name = getattr(request.match_info.handler, "__name__", "").removeprefix("_")
+        route = next((r for r in ROUTES if r == name), None)
+        if route is None or response.status >= 400 or not self._rate_headers[route]:
+            return response
+        headers = self._rate_headers[route].pop(0)
+        response.headers.update(headers)
+        lowered = {k.lower(): v for k, v in headers.items()}
+        reset = lowered.get("x-ratelimit-reset-requests")
+        if lowered.get("x-ratelimit-remaining-requests") == "0" and reset is not None:
+            self._closed_until[route] = time.monotonic() + _seconds(reset)
+        return response
 
     async def _record(self, route: Route, request: web.Request) -> Recorded:
         body = await request.read()
@@ -253,6 +294,13 @@ class FakeAzure:
     ) -> tuple[Recorded, web.StreamResponse | None]:
         """Record; then a scripted failure or the gateway's 401 if there is one."""
         recorded = await self._record(route, request)
+        closed = self._closed_until.get(route, 0.0) - time.monotonic()
+        if closed > 0:  # it said nothing is left until the reset, and means it
+            self.rejected[route] += 1
+            failure = throttle(retry_after=str(max(1, round(closed))))
+            return recorded, web.json_response(
+                failure.body, status=failure.status, headers=failure.headers
+            )
         if self._script[route]:
             failure = self._script[route].pop(0)
             if failure.drop:

@@ -17,7 +17,9 @@ The table:
 429                                           :class:`ThrottledError` with ``retry_after``
                                               from ``retry-after-ms`` / ``x-ms-retry-after-ms``
                                               / ``Retry-After`` (seconds or HTTP date),
-                                              capped at ``max_retry_after`` (60 s default)
+                                              capped at ``max_retry_after`` (60 s default),
+                                              and ``rate_limit``: every rate-limit header
+                                              (:mod:`actors.ratelimit`)
 408, 5xx, timeouts, connection errors         :class:`TransientError`
 401, 403, credential failures                 :class:`AuthError`
 400 with a language code error                :class:`UnsupportedError`
@@ -35,10 +37,8 @@ for openai): the saga owns retries, honours ``retry_after`` and counts attempts.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -51,9 +51,20 @@ from actors.errors import (
     TransientError,
     UnsupportedError,
 )
+from actors.ratelimit import (
+    DEFAULT_MAX_RETRY_AFTER,
+    parse_rate_limit_headers,
+    parse_retry_after,
+)
 
-DEFAULT_MAX_RETRY_AFTER = 60.0
-"""Seconds: a server asking for a longer wait is treated as asking for this long."""
+__all__ = [
+    "DEFAULT_MAX_RETRY_AFTER",
+    "classify",
+    "mapped_errors",
+    "parse_rate_limit_headers",
+    "parse_retry_after",
+    "scrub",
+]
 
 _MAX_MESSAGE = 300
 
@@ -63,43 +74,6 @@ _UNSUPPORTED_CODES = frozenset({
     "400019", "400023", "400035", "400036",
     "NotSupportedLanguage", "NotSupportedFeature", "NotSupportedVisualFeature",
 })
-
-
-def parse_retry_after(
-    headers: Mapping[str, str] | Any, *, cap: float = DEFAULT_MAX_RETRY_AFTER
-) -> float | None:
-    """The delay the server asked for, in seconds, capped at ``cap``; ``None`` when absent.
-
-    ``headers`` is any case-insensitive mapping (azure-core, httpx and aiohttp headers are).
-    Milliseconds headers win over ``Retry-After`` because they are more precise.
-    """
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
-        value = headers.get(name)
-        if value:
-            try:
-                return _capped(float(value) * scale, cap)
-            except ValueError:
-                pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return _capped(float(value), cap)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return _capped(when.timestamp() - time.time(), cap)
-
-
-def _capped(seconds: float, cap: float) -> float:
-    if seconds != seconds:  # NaN
-        return cap
-    return round(min(max(seconds, 0.0), cap), 3)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -144,8 +118,10 @@ def _by_status(
 ) -> ProviderError:
     code, inner = codes
     if status == 429:
-        delay = parse_retry_after(headers, cap=cap)
-        return ThrottledError(f"{provider} throttled (429): {detail}", retry_after=delay, provider=provider)
+        return ThrottledError(
+            f"{provider} throttled (429): {detail}", retry_after=parse_retry_after(headers, cap=cap),
+            provider=provider, rate_limit=parse_rate_limit_headers(headers, cap=cap),
+        )
     if status == 408 or status >= 500:
         return TransientError(f"{provider} unavailable ({status}): {detail}", provider=provider)
     if status in (401, 403):
