@@ -4,25 +4,22 @@ approach of ``tests/distributed/cluster.py``: ``AIAPPS_*`` settings in the envir
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 import platform
 import shlex
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from service.processes import ProcessGroup
 
 RESULTS = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,143 +125,11 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-class Processes:
+class Processes(ProcessGroup):
     """Coordinator and worker processes (``python -m bench.worker``) on one exchange and one
-    schema, with the settings in ``AIAPPS_*`` variables, as the distributed tests do. Logs
-    go to ``tmp/<name>.log``."""
+    schema, with the settings in ``AIAPPS_*`` variables, as the distributed tests start them.
+    Logs go to ``tmp/<name>.log``."""
 
     def __init__(self, tmp: Path, amqp: str, store: str, **settings: str) -> None:
-        self.tmp = tmp
-        self.amqp = amqp
-        self.store = store
-        tag = uuid.uuid4().hex[:10]
-        self.exchange = f"bench-{tag}"
-        self.schema = f"bench_{tag}"
-        self.env = {
-            **os.environ,
-            "AIAPPS_BUS": amqp,
-            "AIAPPS_BUS_EXCHANGE": self.exchange,
-            "AIAPPS_STORE": store,
-            "AIAPPS_STORE_SCHEMA": self.schema,
-            "AIAPPS_BLOBS": str(tmp / "blobs"),
-            "AIAPPS_LOG_LEVEL": "WARNING",
-            "AIAPPS_LOG_FORMAT": "json",
-            **{f"AIAPPS_PROVIDERS__{s}": "fake"
-               for s in ("LANGUAGE", "VISION", "TRANSLATION", "RESPONDER", "SPEECH")},
-            **settings,
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def settings(self) -> Any:
-        """The :class:`~service.settings.Settings` the processes read from their environment."""
-        from service.settings import Settings
-
-        keys = {k: v for k, v in self.env.items() if k.startswith("AIAPPS_")}
-        old = {k: os.environ.get(k) for k in keys}
-        os.environ.update(keys)
-        try:
-            return Settings()
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with (self.tmp / f"{name}.log").open("wb") as log:  # the child keeps its own fd
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.worker", *args], env=self.env, cwd=REPO_ROOT,
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")
-
-    async def wait_consumers(self, group: str, count: int, timeout: float = 60) -> None:
-        """Until ``count`` consumers listen on the group's queue (the processes are up)."""
-        import aio_pika
-
-        connection = await aio_pika.connect(self.amqp)
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for name, proc in self.procs.items():
-                        if proc.poll() is not None:
-                            raise RuntimeError(
-                                f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}"
-                            )
-                    channel = await connection.channel()
-                    try:
-                        queue = await channel.declare_queue(
-                            f"{self.exchange}.{group}", passive=True
-                        )
-                        consumers = queue.declaration_result.consumer_count or 0
-                    except aio_pika.exceptions.ChannelClosed:
-                        consumers = 0
-                    finally:
-                        if not channel.is_closed:
-                            await channel.close()
-                    if consumers >= count:
-                        return
-                    await asyncio.sleep(0.1)
-        finally:
-            await connection.close()
-
-    async def stop(self, names: Sequence[str] | None = None) -> None:
-        """SIGTERM the processes (all by default) and wait for them to exit."""
-        chosen = list(names) if names is not None else list(self.procs)
-        for name in chosen:
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name in chosen:
-            proc = self.procs.pop(name)
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait, 10)
-
-    async def close(self) -> None:
-        """Stop every process, drop the schema and delete the exchange's queues."""
-        await self.stop()
-        if self.store.startswith(("postgresql://", "postgres://")):
-            import asyncpg
-
-            conn = await asyncpg.connect(self.store)
-            try:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
-            finally:
-                await conn.close()
-        await delete_exchange(self.amqp, self.exchange)
-
-
-async def delete_exchange(amqp: str, exchange: str, known: Sequence[str] = ()) -> None:
-    """Delete ``exchange`` and every queue named after it: those ``rabbitmqctl`` lists (when
-    it is installed and allowed), else the ``known`` names."""
-    import aio_pika
-
-    names = set(known)
-    if shutil.which("rabbitmqctl"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            listed = await asyncio.to_thread(
-                subprocess.run,
-                ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
-                capture_output=True, text=True, timeout=60, check=False,
-            )
-            names |= {n.strip() for n in listed.stdout.splitlines()
-                      if n.strip().startswith(f"{exchange}.")}
-    connection = await aio_pika.connect(amqp)
-    try:
-        channel = await connection.channel()
-        for name in sorted(names):
-            try:
-                await channel.queue_delete(name)
-            except aio_pika.exceptions.ChannelClosed:
-                channel = await connection.channel()
-        await channel.exchange_delete(exchange)
-    finally:
-        await connection.close()
+        super().__init__(tmp, amqp, store, prefix="bench", module="bench.worker",
+                         **{"AIAPPS_LOG_LEVEL": "WARNING", **settings})

@@ -192,11 +192,11 @@ async def _round(
         procs.spawn(name, "--actors", "vision", "--cpu-ms", str(cpu_ms))
     try:
         await procs.wait_consumers("actor.vision", k)
-        cpu0 = [proc_cpu_seconds(procs.procs[name].pid) for name in names]
+        cpu0 = [proc_cpu_seconds(procs.processes[name].pid) for name in names]
         busy0 = machine_cpu()
         t0, first, last = await client.round(n, blobs, timeout=max(120.0, n * cpu_ms / 1000 * 4))
         busy1 = machine_cpu()
-        cpu1 = [proc_cpu_seconds(procs.procs[name].pid) for name in names]
+        cpu1 = [proc_cpu_seconds(procs.processes[name].pid) for name in names]
     finally:
         await procs.stop(names)
     if warmup:
