@@ -130,9 +130,22 @@ class ActorRuntime:
         self.actors = list(actors)
         self.middleware = tuple(middleware)
         self.concurrency = concurrency
+        self._working: set[asyncio.Task[Envelope]] = set()
+        """Provider calls in progress, which outlive a delivery cancelled under them."""
 
-    async def close(self) -> None:
-        """Close providers that hold connections (``aclose()``), once the bus has stopped."""
+    async def close(self, grace: float = 30.0) -> None:
+        """Once the bus has stopped: let provider calls whose delivery was cancelled finish and
+        record their results (up to ``grace`` seconds, then cancel them: their claims run out
+        and another worker takes the requests over), then close providers that hold
+        connections (``aclose()``)."""
+        if self._working:
+            _, pending = await asyncio.wait(set(self._working), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("close: provider calls still running after grace; cancelled",
+                            count=len(pending), grace=grace)
+                await asyncio.wait(pending, timeout=5)
         for actor in self.actors:
             aclose = getattr(actor.provider, "aclose", None)
             if callable(aclose):
@@ -169,7 +182,6 @@ class ActorRuntime:
         return entry
 
     async def _handle(self, actor: Actor, envelope: Envelope) -> None:
-        source = f"/ai-apps/actors/{actor.service}"
         handling = _handling.get() or Handling(actor)
         # one claim per delivery, not per process: two deliveries of one request to the same
         # worker (a redelivery racing the original) must not both call the provider
@@ -182,6 +194,23 @@ class ActorRuntime:
                 handling.replayed, handling.result = True, recorded.data
                 await self.transport.publish(recorded)
                 return
+        # The provider call and the recording of its result run in a task of their own, not
+        # in the delivery: a broker that drops the connection cancels the delivery (aiormq
+        # cancels a closed channel's consumer tasks), and a call already made is paid for. The
+        # work goes on, keeps renewing the claim and records its result; the redelivery waits
+        # on the claim and answers from the inbox, so the call is neither lost nor paid twice.
+        work = asyncio.create_task(self._work_on(actor, envelope, owner, handling))
+        self._working.add(work)
+        work.add_done_callback(self._working.discard)
+        # (without an inbox nothing would keep the result: the work goes with its delivery)
+        reply = await (asyncio.shield(work) if self.inbox is not None else work)
+        await self.transport.publish(reply)
+
+    async def _work_on(
+        self, actor: Actor, envelope: Envelope, owner: str, handling: Handling
+    ) -> Envelope:
+        """Call the provider (renewing the claim meanwhile) and record the reply in the inbox."""
+        source = f"/ai-apps/actors/{actor.service}"
         handling.started_ns = time.time_ns()
         try:
             async with asyncio.timeout(actor.call_timeout), self._holding(envelope, owner):
@@ -198,8 +227,9 @@ class ActorRuntime:
             )
         except Exception:
             # a bug or a crash, not a provider's answer: give the claim back at once, so the
-            # bus's retry does not wait out the lease of a delivery that is over. (A cancelled
-            # delivery keeps its claim: the call may have been made; the lease decides.)
+            # bus's retry does not wait out the lease of a delivery that is over. (Work
+            # cancelled at shutdown keeps its claim: the call may have been made; the lease
+            # decides.)
             if self.inbox is not None:
                 with contextlib.suppress(Exception):
                     await self.inbox.claim_request(envelope.id, owner, 0.0)
@@ -213,7 +243,7 @@ class ActorRuntime:
         reply = envelope.follow(result, source=source)
         if self.inbox is not None:
             await self.inbox.record_result(envelope.id, reply)
-        await self.transport.publish(reply)
+        return reply
 
     async def _claim(self, envelope: Envelope, owner: str) -> Envelope | None:
         """Wait until this worker holds the request's claim (None) or its result is recorded

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from actors.cache import result_cache
 from actors.providers.fake import FakeProviders
 from bus.base import RetryPolicy
 from bus.memory import InMemoryTransport
@@ -32,6 +33,7 @@ def fake_settings(tmp: Path, **overrides: Any) -> Settings:
         ),
         "bus_retry_delay": 0.01,
         "timer_interval": 3600.0,  # tests fire timers themselves after moving the clock
+        "shutdown_grace": 0.05,  # a hung fake call is cancelled at close, not waited for
     }
     values.update(overrides)
     return Settings(**values)
@@ -79,9 +81,14 @@ class FakeService(Service):
                 await asyncio.sleep(0.001)
 
     def _hanging(self) -> int:
-        # a duplicate delivery waiting for the claim of a hung call is as stuck as the call
+        # a duplicate delivery waiting for the claim of a hung call is as stuck as the call,
+        # and so is a request waiting for an identical call in flight (the cache's
+        # single-flight) until that call is too old to wait for
         hung = sum(b.hanging for b in self.fakes.behaviours().values())
-        return hung + (self.runtime.waiting_on_claims if hung else 0)
+        if not hung:
+            return 0
+        cache = result_cache(self.runtime.actors)
+        return hung + self.runtime.waiting_on_claims + (cache.waiting if cache else 0)
 
     async def advance(self, seconds: float) -> int:
         """Move the clock, fire the timers now due, and settle. Returns timers fired."""

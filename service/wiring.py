@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import structlog
 
 from actors.blobstore import FileBlobStore
 from actors.creative import (
@@ -52,6 +55,9 @@ from service.settings import Settings
 from service.telemetry import Telemetry
 
 FINISHED_KEPT = 10_000
+STORE_POLL_FIRST = 1.0
+STORE_POLL_MAX = 5.0
+"""Seconds between looks in the event store while waiting for an answer (doubling)."""
 TERMINAL_TYPES = tuple(t.event_type for t in (
     ResponseReady, InquiryFailed, CampaignReady, CampaignFailed, CampaignCancelled,
     InspectionReported, InspectionFailed,
@@ -130,6 +136,7 @@ def make_actors(
     *,
     store: SagaStore | None = None,
     cache: Any = None,
+    clock: Clock | None = None,
 ) -> list[Actor]:
     """The actors of ``services`` (all by default), each with the provider chosen for it.
     ``overrides`` maps a service to a ready provider object (tests pass fakes this way).
@@ -137,7 +144,9 @@ def make_actors(
     With the result cache on (``settings.cost.cache``), each deterministic provider is wrapped
     by :func:`actors.cache.cached_provider`: the cache lives in Redis when a ``redis://`` URL
     is configured, else in ``store`` (the service's saga store), else in memory. ``cache`` is
-    a ready :class:`actors.cache.ResultCache` to use instead (its ``stats`` are the meter)."""
+    a ready :class:`actors.cache.ResultCache` to use instead (its ``stats`` are the meter); the
+    cache wrappers close it with the last of them. ``clock`` (the service's) times the
+    cache's single-flight, as it times the step timeouts."""
     chosen = list(services) if services is not None else list(ALL_SERVICES)
     unknown = [s for s in chosen if s not in ALL_SERVICES]
     if unknown:
@@ -148,6 +157,7 @@ def make_actors(
     built: dict[str, Any] = {}
 
     from actors.cache import (
+        CACHEABLE_SERVICES,
         RedisCacheBackend,
         ResultCache,
         StoreCacheBackend,
@@ -167,14 +177,29 @@ def make_actors(
     configured: CostSettings | None = getattr(settings, "cost", None)
     cost = configured or CostSettings()
     result_cache: ResultCache | None = cache
-    if result_cache is None and configured is not None and cost.cache.enabled:
+
+    def seconds() -> float:
+        return clock.now().timestamp() if clock is not None else time.monotonic()
+
+    def cache_for(service: str) -> ResultCache | None:
+        # made on first use, so a backend (a Redis client) exists only if a wrapper owns it:
+        # the wrappers close it with the last of them (ActorRuntime.close -> aclose())
+        nonlocal result_cache
+        if result_cache is not None:
+            return result_cache
+        if configured is None or cost.cache.ttl_of(service) is None:
+            return None
         url = cache_url(cost.cache.url)
         if url is not None and url.startswith(("redis://", "rediss://", "unix://")):
             _require("redis", "redis")
             backend: Any = RedisCacheBackend(url)
         else:
             backend = StoreCacheBackend(store if store is not None else InMemorySagaStore())
-        result_cache = ResultCache(backend, pricing=settings.pricing, version=cost.cache.version)
+        result_cache = ResultCache(
+            backend, pricing=settings.pricing, version=cost.cache.version,
+            wait=cost.cache.single_flight, clock=seconds,
+        )
+        return result_cache
 
     def throttle(service: str, made: Any, limits: ThrottleSettings) -> Any:
         import os
@@ -203,8 +228,11 @@ def make_actors(
             quota = cost.throttle_of(service) if configured is not None else None
             if quota is not None:  # inside the cache: a hit takes no quota
                 made = throttle(service, made, quota)
-            if result_cache is not None:
-                made = cached_provider(service, made, result_cache, cost.cache.ttl_of(service))
+            ttl = cost.cache.ttl_of(service)
+            if service in CACHEABLE_SERVICES and ttl is not None and (
+                shared := cache_for(service)
+            ) is not None:
+                made = cached_provider(service, made, shared, ttl)
             built[service] = made
         return built[service]
 
@@ -281,11 +309,15 @@ def make_actors(
 def make_coordinator(
     settings: Settings, transport: Transport, store: SagaStore, clock: Clock | None = None
 ) -> SagaCoordinator:
+    from service.cost_settings import CostSettings
+
+    cost: CostSettings | None = getattr(settings, "cost", None)  # until Settings has it
     retry = StepRetry(max_attempts=settings.step_max_attempts)
     workflows = [
         support_workflow(
             escalation_threshold=settings.escalation_threshold, timeouts=settings.step_timeouts,
             retry=retry, pricing=settings.pricing,
+            cheaper_responder=cost.cheaper("responder") if cost is not None else None,
         ),
         campaign_workflow(
             fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry,
@@ -298,9 +330,6 @@ def make_coordinator(
     breakers = BreakerRegistry(
         BreakerPolicy(settings.breaker_failure_threshold, settings.breaker_cooldown)
     )
-    from service.cost_settings import CostSettings
-
-    cost: CostSettings | None = getattr(settings, "cost", None)  # until Settings has it
     return SagaCoordinator(
         transport, store, workflows, clock=clock, breakers=breakers,
         timer_interval=settings.timer_interval, outbox_interval=settings.outbox_interval,
@@ -341,7 +370,8 @@ class Service:
         self.recorder = EventRecorder(self.transport, self.store) if coordinator else None
         self.runtime = ActorRuntime(
             self.transport,
-            make_actors(self.settings, self.blobs, actors, providers, store=self.store),
+            make_actors(self.settings, self.blobs, actors, providers, store=self.store,
+                        clock=clock),
             middleware=(*self.telemetry.actor_middleware(), bind_log_context),
             concurrency=self.settings.concurrency,
             inbox=self.store,
@@ -405,8 +435,12 @@ class Service:
                 await self._pruner
         if self.coordinator is not None:
             await self.coordinator.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace
         await self.transport.close()
-        await self.runtime.close()
+        # provider calls whose delivery was cancelled (a dropped connection, or the transport's
+        # grace) get what is left of the same grace to record their results
+        await self.runtime.close(grace=max(deadline - loop.time(), 0.0))
         await self.store.close()
         await asyncio.to_thread(self.telemetry.shutdown)
 
@@ -425,10 +459,32 @@ class Service:
         waiter = self._waiter(inquiry_id)
         try:
             async with asyncio.timeout(timeout):
-                return await asyncio.shield(waiter)
+                # The answer comes on this process's reply subscription. That is ephemeral: a
+                # broker restart deletes it and answers sent before it is declared again are
+                # not delivered to it. The event store has them: look there now and then.
+                pause = STORE_POLL_FIRST
+                while True:
+                    await asyncio.wait({waiter}, timeout=pause)
+                    if waiter.done():
+                        return waiter.result()
+                    stored = await self._stored_terminal(inquiry_id)
+                    if stored is not None:
+                        await self._on_terminal(stored)
+                        return stored
+                    pause = min(pause * 2, STORE_POLL_MAX)
         except TimeoutError:
             self._waiters.pop(inquiry_id, None)
             raise
+
+    async def _stored_terminal(self, inquiry_id: str) -> Envelope | None:
+        try:
+            events = await self.store.events(inquiry_id)
+        except Exception as exc:  # the store down for a moment: the subscription may answer
+            structlog.get_logger("service").warning(
+                "cannot read the event store while waiting", inquiry=inquiry_id, error=repr(exc)
+            )
+            return None
+        return next((e for e in events if e.type in TERMINAL_TYPES), None)
 
     def _waiter(self, inquiry_id: str) -> asyncio.Future[Envelope]:
         fut = self._waiters.get(inquiry_id)

@@ -84,3 +84,87 @@ class TestClaimRelease:
             await healer
         assert len(answers) == 1
         assert len(fakes.translation.behaviour.calls) == 2
+
+
+class TestCancelledDelivery:
+    async def test_cancelled_delivery_is_answered_once_from_the_inbox(
+        self, tmp_path: Path
+    ) -> None:
+        """The broker drops the connection while the provider works (aiormq cancels the
+        delivery): the call goes on and records its result, and the redelivery answers from
+        the inbox instead of calling, and paying, again."""
+        fakes = FakeProviders()
+        fakes.translation.behaviour.latency = 0.3
+        transport = InMemoryTransport()
+        store = SqliteSagaStore(tmp_path / "s.db")
+        answers: list[Envelope] = []
+
+        async def collect(env: Envelope) -> None:
+            answers.append(env)
+
+        svc = Service(fake_settings(tmp_path), coordinator=False, actors=["translation"],
+                      providers={"translation": fakes.translation}, transport=transport,
+                      store=store)
+        await transport.subscribe("probe", ["TextTranslated"], collect)
+        async with svc:
+            actor = svc.runtime.actors[0]
+            deliver = svc.runtime._chain(actor)
+            request = Envelope.new(TranslateTextRequested(text="hola", to_language="en",
+                                                          from_language="es"),
+                                   correlationid="c1", subject="translate_in")
+            first = asyncio.ensure_future(deliver(request))
+            while not fakes.translation.behaviour.calls:
+                await asyncio.sleep(0.01)
+            first.cancel()  # the channel closed under the handler
+            await asyncio.gather(first, return_exceptions=True)
+            assert first.cancelled()
+            await deliver(request)  # the broker's redelivery, after the call has finished
+            await transport.idle(10)
+            assert await store.recorded_result(request.id) is not None
+        assert len(fakes.translation.behaviour.calls) == 1
+        assert len(answers) == 1, "the cancelled delivery published nothing; the redelivery once"
+        assert answers[0].causationid == request.id
+
+    async def test_close_waits_for_orphaned_calls_within_grace(self, tmp_path: Path) -> None:
+        """A provider call whose delivery was cancelled is given the grace at close to record
+        its result; one still running after it is cancelled, and its claim left to run out."""
+        fakes = FakeProviders()
+        fakes.translation.behaviour.latency = 0.2
+        store = SqliteSagaStore(tmp_path / "s.db")
+        svc = Service(fake_settings(tmp_path, shutdown_grace=5.0), coordinator=False,
+                      actors=["translation"], providers={"translation": fakes.translation},
+                      transport=InMemoryTransport(), store=store)
+        request = Envelope.new(TranslateTextRequested(text="hola", to_language="en",
+                                                      from_language="es"),
+                               correlationid="c1", subject="translate_in")
+        async with svc:
+            deliver = svc.runtime._chain(svc.runtime.actors[0])
+            first = asyncio.ensure_future(deliver(request))
+            while not fakes.translation.behaviour.calls:
+                await asyncio.sleep(0.01)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+        # close returned after the call finished and recorded, not before
+        reopened = SqliteSagaStore(tmp_path / "s.db")
+        await reopened.open()
+        try:
+            assert await reopened.recorded_result(request.id) is not None
+        finally:
+            await reopened.close()
+
+        fakes.translation.behaviour.fail_next("hang")
+        svc = Service(fake_settings(tmp_path, shutdown_grace=0.2), coordinator=False,
+                      actors=["translation"], providers={"translation": fakes.translation},
+                      transport=InMemoryTransport(), store=SqliteSagaStore(tmp_path / "t.db"))
+        hung = Envelope.new(TranslateTextRequested(text="adiós", to_language="en",
+                                                   from_language="es"),
+                            correlationid="c2", subject="translate_in")
+        async with asyncio.timeout(10), svc:
+            deliver = svc.runtime._chain(svc.runtime.actors[0])
+            second = asyncio.ensure_future(deliver(hung))
+            while not fakes.translation.behaviour.hanging:
+                await asyncio.sleep(0.01)
+            second.cancel()
+            await asyncio.gather(second, return_exceptions=True)
+        assert fakes.translation.behaviour.hanging == 0, "the hung call was cancelled at close"
+        assert not svc.runtime._working
