@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -40,12 +41,26 @@ class BreakerPolicy:
 class CircuitBreaker:
     """The circuit of one service."""
 
-    def __init__(self, service: str, policy: BreakerPolicy) -> None:
+    def __init__(
+        self, service: str, policy: BreakerPolicy,
+        on_change: Callable[[CircuitBreaker], None] | None = None,
+    ) -> None:
         self.service = service
         self.policy = policy
         self.state = CircuitState.CLOSED
         self.failures = 0
         self.opened_at: datetime | None = None
+        self._trial_out = False
+        self._on_change = on_change
+
+    def restore(self, state: CircuitState, failures: int, opened_at: datetime | None) -> None:
+        """Take up a state kept from before (a restart): an open circuit stays open until its
+        cool-down from ``opened_at`` has passed. Listeners are not told (nothing changed)."""
+        self.state = state
+        self.failures = failures
+        self.opened_at = opened_at if state is not CircuitState.CLOSED else None
+        if self.state is CircuitState.OPEN and self.opened_at is None:
+            self.state = CircuitState.CLOSED  # nothing to count the cool-down from
         self._trial_out = False
 
     def allow(self, now: datetime) -> bool:
@@ -81,10 +96,16 @@ class CircuitBreaker:
     def _transition(self, state: CircuitState) -> None:
         log.info("circuit", service=self.service, state=state.value, was=self.state.value)
         self.state = state
+        if self._on_change is not None:
+            self._on_change(self)
 
 
 class BreakerRegistry:
-    """The breakers of every service, created on first use with the policy for that service."""
+    """The breakers of every service, created on first use with the policy for that service.
+
+    Listeners (:meth:`add_listener`) are told of every change of state, synchronously, with
+    the breaker that changed: the composition root keeps the states in the store with it, so
+    that other processes can report them. A listener that raises is logged and ignored."""
 
     def __init__(
         self, default: BreakerPolicy | None = None, per_service: dict[str, BreakerPolicy] | None = None
@@ -92,13 +113,24 @@ class BreakerRegistry:
         self.default = default or BreakerPolicy()
         self.per_service = per_service or {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._listeners: list[Callable[[CircuitBreaker], None]] = []
 
     def get(self, service: str) -> CircuitBreaker:
         breaker = self._breakers.get(service)
         if breaker is None:
             policy = self.per_service.get(service, self.default)
-            breaker = self._breakers[service] = CircuitBreaker(service, policy)
+            breaker = self._breakers[service] = CircuitBreaker(service, policy, self._changed)
         return breaker
+
+    def add_listener(self, listener: Callable[[CircuitBreaker], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self, breaker: CircuitBreaker) -> None:
+        for listener in self._listeners:
+            try:
+                listener(breaker)
+            except Exception:  # a listener never breaks a saga's transition
+                log.exception("circuit listener failed", service=breaker.service)
 
     def states(self) -> dict[str, CircuitState]:
         return {name: b.state for name, b in sorted(self._breakers.items())}

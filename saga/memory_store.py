@@ -11,6 +11,7 @@ from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
 from saga.store import (
     ApiKey,
+    CircuitRecord,
     ConcurrencyError,
     CostEntry,
     CostGroup,
@@ -40,6 +41,7 @@ class InMemorySagaStore:
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._cache: dict[str, tuple[bytes, datetime]] = {}
         self._ledger: dict[str, CostEntry] = {}
+        self._circuits: dict[str, CircuitRecord] = {}
 
     async def open(self) -> None:
         return None
@@ -239,6 +241,14 @@ class InMemorySagaStore:
 
     async def cache_put(self, key: str, value: bytes, expires_at: datetime) -> None:
         self._cache[key] = (bytes(value), expires_at.astimezone(UTC))
+
+    async def put_circuit(self, circuit: CircuitRecord) -> None:
+        kept = self._circuits.get(circuit.service)
+        if kept is None or kept.changed_at <= circuit.changed_at:
+            self._circuits[circuit.service] = circuit
+
+    async def circuits(self) -> list[CircuitRecord]:
+        return [self._circuits[s] for s in sorted(self._circuits)]
 
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         for entry in entries:

@@ -57,6 +57,7 @@ from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
 from saga.store import (
     ApiKey,
+    CircuitRecord,
     ConcurrencyError,
     CostEntry,
     CostGroup,
@@ -167,6 +168,13 @@ CREATE TABLE IF NOT EXISTS {s}.result_cache (
     expires_at TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX IF NOT EXISTS result_cache_expires ON {s}.result_cache (expires_at);
+CREATE TABLE IF NOT EXISTS {s}.circuits (
+    service TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL,
+    opened_at TIMESTAMPTZ
+);
 """
 
 _LEDGER_COLUMNS = (
@@ -564,6 +572,29 @@ class PostgresSagaStore:
                 key, value, expires_at,
             )
             await conn.execute(f"DELETE FROM {s}.result_cache WHERE expires_at <= now()")
+
+    async def put_circuit(self, circuit: CircuitRecord) -> None:
+        s = self._sql.s
+        async with self._connection("put_circuit") as conn:
+            await conn.execute(
+                f"INSERT INTO {s}.circuits (service, state, failures, changed_at, opened_at)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service) DO UPDATE SET"
+                " state = EXCLUDED.state, failures = EXCLUDED.failures,"
+                " changed_at = EXCLUDED.changed_at, opened_at = EXCLUDED.opened_at"
+                f" WHERE EXCLUDED.changed_at >= {s}.circuits.changed_at",
+                circuit.service, circuit.state, circuit.failures, circuit.changed_at,
+                circuit.opened_at,
+            )
+
+    async def circuits(self) -> list[CircuitRecord]:
+        s = self._sql.s
+        async with self._connection("circuits") as conn:
+            rows = await conn.fetch(
+                "SELECT service, state, failures, changed_at, opened_at"
+                f" FROM {s}.circuits ORDER BY service"
+            )
+        return [CircuitRecord(r["service"], r["state"], r["failures"], r["changed_at"],
+                              r["opened_at"]) for r in rows]
 
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         if not entries:

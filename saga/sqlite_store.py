@@ -17,6 +17,7 @@ from events.envelope import Envelope, decode, encode
 from saga.state import SagaState
 from saga.store import (
     ApiKey,
+    CircuitRecord,
     ConcurrencyError,
     CostEntry,
     CostGroup,
@@ -115,6 +116,13 @@ CREATE TABLE IF NOT EXISTS result_cache (
     expires_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS result_cache_expires ON result_cache (expires_at);
+CREATE TABLE IF NOT EXISTS circuits (
+    service TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    changed_at TEXT NOT NULL,
+    opened_at TEXT
+);
 """
 
 
@@ -491,6 +499,30 @@ class SqliteSagaStore:
                 "DELETE FROM result_cache WHERE expires_at <= ?", (_ts(datetime.now(UTC)),)
             )
             await self.db.commit()
+
+    async def put_circuit(self, circuit: CircuitRecord) -> None:
+        async with self._lock:
+            await self.db.execute(
+                "INSERT INTO circuits (service, state, failures, changed_at, opened_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (service) DO UPDATE SET"
+                " state = excluded.state, failures = excluded.failures,"
+                " changed_at = excluded.changed_at, opened_at = excluded.opened_at"
+                " WHERE excluded.changed_at >= circuits.changed_at",
+                (circuit.service, circuit.state, circuit.failures, _ts(circuit.changed_at),
+                 _ts(circuit.opened_at) if circuit.opened_at is not None else None),
+            )
+            await self.db.commit()
+
+    async def circuits(self) -> list[CircuitRecord]:
+        async with self.db.execute(
+            "SELECT service, state, failures, changed_at, opened_at FROM circuits"
+            " ORDER BY service"
+        ) as rows:
+            return [
+                CircuitRecord(str(r[0]), str(r[1]), int(r[2]), _from_ts(str(r[3])),
+                              _from_ts(str(r[4])) if r[4] is not None else None)
+                for r in await rows.fetchall()
+            ]
 
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         if not entries:

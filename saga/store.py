@@ -72,6 +72,20 @@ class IdempotencyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitRecord:
+    """A service's circuit breaker as a coordinator last changed it: kept in the store so that
+    processes without breakers (the gateway on a broker, ``ai-apps health``) report it, and a
+    restarted coordinator starts from it. ``state`` is ``closed``, ``open`` or ``half_open``;
+    ``failures`` the consecutive failures counted; ``opened_at`` when it last opened."""
+
+    service: str
+    state: str
+    failures: int
+    changed_at: datetime
+    opened_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CostEntry:
     """One provider call in the cost ledger: who asked, which step, which provider and model,
     what it consumed and cost. ``id`` is the call's request id (the request event the
@@ -265,6 +279,17 @@ class SagaStore(Protocol):
 
     async def cache_put(self, key: str, value: bytes, expires_at: datetime) -> None:
         """Cache ``value`` under ``key`` until ``expires_at`` (replacing any older value)."""
+        ...
+
+    # -- circuit breakers (the health report across processes) -------------------------
+
+    async def put_circuit(self, circuit: CircuitRecord) -> None:
+        """Keep ``circuit`` as its service's state, unless the state kept is newer
+        (``changed_at``): of several coordinators writing, the latest change wins."""
+        ...
+
+    async def circuits(self) -> list[CircuitRecord]:
+        """Every service's circuit as last kept, by service name."""
         ...
 
     # -- the cost ledger (budgets, ``ai-apps costs``) --------------------------------------

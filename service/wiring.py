@@ -52,7 +52,7 @@ from saga.workflows.campaign import campaign_workflow
 from saga.workflows.quality import quality_workflow
 from saga.workflows.support import support_workflow
 from service.settings import Settings
-from service.telemetry import Telemetry
+from service.telemetry import StoredCircuits, Telemetry
 
 FINISHED_KEPT = 10_000
 STORE_POLL_FIRST = 1.0
@@ -377,8 +377,13 @@ class Service:
             inbox=self.store,
             claim_lease=self.settings.claim_lease,
         )
+        self.circuits: StoredCircuits | None = None
+        """The coordinator's circuit states, kept in the store for the other processes."""
         if self.coordinator is not None:
             self.telemetry.observe_coordinator(self.coordinator)
+            self.circuits = StoredCircuits(
+                self.store, self.coordinator.breakers, self.coordinator.clock
+            )
         self._pruner: asyncio.Task[None] | None = None
         self._waiters: dict[str, asyncio.Future[Envelope]] = {}
         # terminal events seen, for a wait() that comes after the answer; bounded, as a
@@ -397,6 +402,8 @@ class Service:
     async def start(self) -> None:
         self.telemetry.start()
         await self.store.open()
+        if self.circuits is not None:
+            await self.circuits.restore()
         await self.transport.subscribe(
             f"replies.{uuid.uuid4().hex[:12]}", TERMINAL_TYPES, self._on_terminal, ephemeral=True
         )
@@ -441,8 +448,22 @@ class Service:
         # provider calls whose delivery was cancelled (a dropped connection, or the transport's
         # grace) get what is left of the same grace to record their results
         await self.runtime.close(grace=max(deadline - loop.time(), 0.0))
+        if self.circuits is not None:
+            await self.circuits.flush()
         await self.store.close()
         await asyncio.to_thread(self.telemetry.shutdown)
+
+    async def health(self) -> dict[str, Any]:
+        """The health report this process can give: its own (live) one when it runs the
+        coordinator or actors, else the store's (the gateway on a broker, whose deployment's
+        calls and circuits are in the shared store)."""
+        if self.coordinator is not None or self.runtime.actors:
+            return self.telemetry.health()
+        from service.telemetry import stored_health
+
+        return await stored_health(
+            self.store, self.telemetry.settings.health, redactor=self.telemetry.redactor
+        )
 
     async def submit(self, inquiry: InquiryReceived, *, tenant: str = "default") -> Envelope:
         """Publish an inquiry; its correlation id is its inquiry id."""

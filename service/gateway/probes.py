@@ -116,12 +116,22 @@ async def metrics(request: Request) -> Response:
     return Response(prometheus.generate_latest(), media_type=PROMETHEUS_TEXT)
 
 
-@router.get("/v1/health", summary="The health report as JSON", tags=["probes"])
+@router.get(
+    "/v1/health",
+    summary="The health report as JSON: the same as 'ai-apps health --json'",
+    description=(
+        "Per AI service and operation: calls, average and p95 duration, success rate, recent "
+        "errors, circuit state and status, and the overall status. On the embedded bus it is "
+        "this process's live report; on a broker the gateway runs no actors or coordinator, "
+        "so it is built from the shared store (the newest sagas' step attempts and the "
+        "circuit states the coordinators keep there), as 'ai-apps health' does."
+    ),
+    tags=["probes"],
+)
 async def health_report(request: Request) -> JSONResponse:
     gw = gateway_state(request)
-    telemetry = getattr(gw.service, "telemetry", None)
-    if telemetry is not None and hasattr(telemetry, "health"):
-        report = await _maybe_await(telemetry.health())
+    if getattr(gw.service, "telemetry", None) is not None:
+        report = await _maybe_await(gw.service.health())
         if hasattr(report, "model_dump"):
             report = report.model_dump(mode="json")
         return JSONResponse(report)

@@ -19,7 +19,8 @@ from actors.runtime import Middleware
 from bus.base import Transport
 from saga.breaker import BreakerRegistry
 from saga.cost import PriceTable
-from service.telemetry.health import HealthRecorder, store_health
+from service.telemetry.circuits import StoredCircuits
+from service.telemetry.health import HealthRecorder, store_health, stored_health
 from service.telemetry.middleware import CallSink, ProviderCall, ReplaySink, provider_calls
 from service.telemetry.redaction import Redactor
 from service.telemetry.settings import HealthThresholds, TelemetrySettings
@@ -38,9 +39,11 @@ __all__ = [
     "HealthThresholds",
     "ProviderCall",
     "Redactor",
+    "StoredCircuits",
     "Telemetry",
     "TelemetrySettings",
     "store_health",
+    "stored_health",
 ]
 
 INSTALL_HINT = "pip install 'ai-apps[otel]'"

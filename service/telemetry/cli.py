@@ -1,8 +1,10 @@
 """``ai-apps health``: the health report over the saga store.
 
 A CLI process has no traffic of its own, so the report is built from the most recent stored
-sagas (:func:`~service.telemetry.health.store_health`): the same shape as a running process's
-``Telemetry.health()``, which the HTTP gateway serves.
+sagas and the circuit states the coordinators keep in the store
+(:func:`~service.telemetry.health.stored_health`): the same report the HTTP gateway's
+``/v1/health`` serves on a broker, and the same shape as a running process's
+``Telemetry.health()``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from saga.state import SagaState
-from service.logs import configure_logging
+from service.logs import configure_logging, redactor_for
 from service.settings import Settings
-from service.telemetry.health import store_health
+from service.telemetry.health import stored_health
+from service.telemetry.redaction import Redactor
 from service.telemetry.settings import TelemetrySettings
 
 out = Console()
@@ -37,18 +39,17 @@ def health(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Health of each AI service from the newest sagas in the store: calls, average and p95
-    duration, success rate, recent errors, circuit (inferred) and status. Exits 1 when the
-    overall status is unhealthy."""
+    duration, success rate, recent errors, circuit (as the coordinators keep it in the store)
+    and status. Exits 1 when the overall status is unhealthy."""
     settings = Settings()
     configure_logging(settings)
     telemetry: TelemetrySettings = getattr(settings, "telemetry", None) or TelemetrySettings()
+    redactor = redactor_for(settings)
     try:
-        sagas = asyncio.run(_load(settings, limit))
+        report = asyncio.run(_load(settings, limit, telemetry, redactor))
     except Exception as exc:  # the store's errors say what is wrong with it
-        err.print(f"[red]error:[/red] cannot read the store: {exc}")
+        err.print(f"[red]error:[/red] cannot read the store: {redactor.scrub(str(exc))}")
         raise typer.Exit(2) from None
-    report = store_health(sagas, telemetry.health)
-    report["sagas"] = len(sagas)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -57,13 +58,15 @@ def health(
         raise typer.Exit(1)
 
 
-async def _load(settings: Settings, limit: int) -> list[SagaState]:
+async def _load(
+    settings: Settings, limit: int, telemetry: TelemetrySettings, redactor: Redactor
+) -> dict[str, Any]:
     from service.wiring import make_store
 
     store = make_store(settings)
     await store.open()
     try:
-        return await store.list_sagas(limit=limit)
+        return await stored_health(store, telemetry.health, limit=limit, redactor=redactor)
     finally:
         await store.close()
 

@@ -3,8 +3,10 @@ recent errors, circuit state and a status; plus the overall status.
 
 Two sources give the same shape: a running process (:class:`HealthRecorder`, fed by the actor
 middleware as provider calls finish) and the saga store (:func:`store_health`, for
-``ai-apps health`` in a process that has no traffic of its own). Nothing here needs
-OpenTelemetry. The thresholds are :class:`~service.telemetry.settings.HealthThresholds`.
+``ai-apps health`` and the gateway on a broker, processes that have no traffic of their own:
+the calls are the stored sagas' step attempts, the circuits those the coordinators keep in the
+store). Nothing here needs OpenTelemetry. The thresholds are
+:class:`~service.telemetry.settings.HealthThresholds`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from saga.state import SagaState, StepState, StepStatus
+from saga.store import CircuitRecord, SagaStore
+from service.telemetry.redaction import Redactor
 from service.telemetry.settings import HealthThresholds
 
 Status = Literal["healthy", "degraded", "unhealthy"]
@@ -183,14 +187,17 @@ def operation_of(step_key: str) -> str:
 
 def store_health(
     sagas: Iterable[SagaState], thresholds: HealthThresholds | None = None,
-    *, now: datetime | None = None,
+    *, circuits: Iterable[CircuitRecord] = (), redactor: Redactor | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The health report over stored sagas: every attempt of every finished step counts as a
     call of its service (operation: the step). A step's duration (first dispatch to outcome,
-    retries included) is its last attempt's; earlier attempts have none. The circuit is
-    inferred: ``open`` when the service's latest step was refused by an open circuit, else
-    ``closed`` (a process's breakers are not stored)."""
+    retries included) is its last attempt's; earlier attempts have none. The circuit of a
+    service is the one ``circuits`` keeps (what the coordinators wrote to the store); for a
+    service with none kept it is inferred: ``open`` when its latest step was refused by an
+    open circuit, else ``closed``. Error messages pass through ``redactor``."""
     recorder = HealthRecorder(thresholds, source="store")
+    scrub = redactor or Redactor()
     steps: list[tuple[datetime, SagaState, StepState]] = []
     for state in sagas:
         for step in state.steps.values():
@@ -198,21 +205,39 @@ def store_health(
                     and step.started_at is not None):
                 steps.append((step.finished_at, state, step))
     steps.sort(key=lambda item: item[0])
-    circuits: dict[str, str] = {}
+    inferred: dict[str, str] = {}
     for finished, state, step in steps:
         refused = (step.fallback_reason or "").startswith(CIRCUIT_OPEN)
-        circuits[step.service] = "open" if refused else "closed"
+        inferred[step.service] = "open" if refused else "closed"
         if step.attempts == 0:
             continue  # refused by the circuit: no call was made
-        _record_step(recorder, state, step, finished)
-    return recorder.report(circuits, now=now)
+        _record_step(recorder, state, step, finished, scrub)
+    kept = {c.service: c.state for c in circuits}
+    return recorder.report({**inferred, **kept}, now=now)
 
 
-def _record_step(recorder: HealthRecorder, state: SagaState, step: StepState, finished: datetime) -> None:
+async def stored_health(
+    store: SagaStore, thresholds: HealthThresholds | None = None, *, limit: int = 500,
+    redactor: Redactor | None = None, now: datetime | None = None,
+) -> dict[str, Any]:
+    """:func:`store_health` over the newest ``limit`` sagas and the circuits in ``store``
+    (``ai-apps health``, and the gateway's ``/v1/health`` on a broker); ``sagas`` says how
+    many were read."""
+    sagas = await store.list_sagas(limit=limit)
+    circuits = await store.circuits()
+    report = store_health(sagas, thresholds, circuits=circuits, redactor=redactor, now=now)
+    report["sagas"] = len(sagas)
+    return report
+
+
+def _record_step(
+    recorder: HealthRecorder, state: SagaState, step: StepState, finished: datetime,
+    redactor: Redactor,
+) -> None:
     assert step.started_at is not None
     duration = (finished - step.started_at).total_seconds() * 1000
     error_class = step.error.error_class if step.error else "error"
-    message = step.error.message if step.error else (step.fallback_reason or "")
+    message = redactor.scrub(step.error.message if step.error else (step.fallback_reason or ""))
     ok = step.status is StepStatus.SUCCEEDED
     earlier = step.attempts - 1
     for _ in range(earlier):

@@ -19,7 +19,15 @@ from events import (
     Usage,
 )
 from saga.state import SagaState, SagaStatus, StepState, StoredEvent
-from saga.store import ConcurrencyError, CostEntry, CostRow, SagaStore, StoreError, Timer
+from saga.store import (
+    CircuitRecord,
+    ConcurrencyError,
+    CostEntry,
+    CostRow,
+    SagaStore,
+    StoreError,
+    Timer,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -376,6 +384,23 @@ class StoreContract:
         assert await store.cache_get("k2") is None
         await store.cache_put("k2", b"fresh", now + timedelta(minutes=5))
         assert await store.cache_get("k2") == b"fresh"
+
+    async def test_circuits_keep_the_latest_change_per_service(self, store: SagaStore) -> None:
+        """A circuit is kept per service and replaced by a newer change, never by an older
+        one (another coordinator's late write); read back by service name."""
+        assert await store.circuits() == []
+        opened = CircuitRecord("responder", "open", 3, T0 + timedelta(seconds=10),
+                               opened_at=T0 + timedelta(seconds=10))
+        await store.put_circuit(CircuitRecord("responder", "closed", 0, T0))
+        await store.put_circuit(opened)
+        await store.put_circuit(CircuitRecord("vision", "half_open", 5, T0))
+        await store.put_circuit(CircuitRecord("responder", "closed", 0, T0 + timedelta(seconds=5)))
+        assert await store.circuits() == [
+            opened, CircuitRecord("vision", "half_open", 5, T0)
+        ]
+        closed = CircuitRecord("responder", "closed", 0, T0 + timedelta(seconds=20))
+        await store.put_circuit(closed)
+        assert (await store.circuits())[0] == closed
 
     async def test_cost_ledger_sums_and_reports_exactly(self, store: SagaStore) -> None:
         """Entries are kept once per id; a tenant's spend since a time and the report by

@@ -59,6 +59,6 @@ class TestBaseInstall:
 class TestPublicNames:
     def test_pinned(self) -> None:
         assert service.telemetry.__all__ == [
-            "HealthRecorder", "HealthThresholds", "ProviderCall", "Redactor", "Telemetry",
-            "TelemetrySettings", "store_health",
+            "HealthRecorder", "HealthThresholds", "ProviderCall", "Redactor", "StoredCircuits",
+            "Telemetry", "TelemetrySettings", "store_health", "stored_health",
         ]

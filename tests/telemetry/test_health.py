@@ -25,6 +25,7 @@ from service.telemetry import (
     Telemetry,
     TelemetrySettings,
     store_health,
+    stored_health,
 )
 from service.telemetry.cli import register
 from service.testing import FakeService, make_inquiry
@@ -216,3 +217,80 @@ class TestHealthCommand:
         result = CliRunner().invoke(app, ["health", "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["status"] == "healthy"
+
+
+class TestStoredCircuits:
+    async def test_the_coordinator_keeps_its_circuits_in_the_store(self, tmp_path: Path) -> None:
+        """Open after the failures, closed again after the cool-down's trial succeeds: each
+        change is written to the store, where processes without breakers read it."""
+        store = SqliteSagaStore(tmp_path / "s.db")
+        async with fake(tmp_path, store=store) as svc:
+            svc.fakes.responder.behaviour.fail_always(transient())
+            for i in range(3):
+                await ask(svc, f"a{i}")
+            assert svc.circuits is not None
+            await svc.circuits.flush()
+            (opened,) = await store.circuits()
+            assert (opened.service, opened.state, opened.failures) == ("responder", "open", 3)
+            assert opened.opened_at == svc.clock.now()
+            svc.fakes.responder.behaviour.heal()
+            svc.clock.advance(31)
+            await ask(svc, "c0")
+            await svc.circuits.flush()
+            (closed,) = await store.circuits()
+            assert (closed.state, closed.failures) == ("closed", 0)
+
+    async def test_a_restarted_coordinator_takes_up_the_stored_circuit(self, tmp_path: Path) -> None:
+        """A coordinator started on the store keeps the circuit open (the next inquiry takes the
+        fallback at once) instead of reporting it closed."""
+        db = tmp_path / "s.db"
+        async with fake(tmp_path, store=SqliteSagaStore(db)) as svc:
+            svc.fakes.responder.behaviour.fail_always(transient())
+            for i in range(3):
+                await ask(svc, f"a{i}")
+        async with fake(tmp_path, store=SqliteSagaStore(db)) as again:
+            assert again.coordinator is not None
+            assert again.coordinator.breakers.states()["responder"].value == "open"
+            await ask(again, "refused")
+            step = (await again.saga("refused")).steps["respond"]
+            assert (step.fallback_reason or "").startswith("circuit_open")
+            assert again.fakes.responder.behaviour.calls == []
+
+
+class TestGatewayReport:
+    async def test_on_a_broker_the_gateway_serves_the_stores_report(self, tmp_path: Path) -> None:
+        """A gateway without coordinator or actors (its deployment's figures are elsewhere)
+        reports from the shared store: the unhealthy service, its calls and its open circuit,
+        as ``ai-apps health`` does."""
+        from service.testing import fake_settings
+        from service.wiring import Service
+        from tests.gateway.conftest import gateway_for
+
+        db = tmp_path / "s.db"
+        async with fake(tmp_path, store=SqliteSagaStore(db)) as svc:
+            svc.fakes.responder.behaviour.fail_always(transient("503 from the model"))
+            for i in range(3):
+                await ask(svc, f"a{i}")
+        client_only = Service(fake_settings(tmp_path, store=f"sqlite:///{db}"),
+                              coordinator=False, actors=[])
+        async with gateway_for(tmp_path, service=client_only) as gw:
+            reply = await gw.client.get("/v1/health")
+        assert reply.status_code == 200
+        report = reply.json()
+        assert (report["status"], report["source"], report["sagas"]) == ("unhealthy", "store", 3)
+        responder = report["services"]["responder"]
+        assert (responder["status"], responder["circuit"]) == ("unhealthy", "open")
+        assert responder["reasons"][0] == "circuit open"
+        respond = responder["operations"]["respond"]
+        assert (respond["calls"], respond["failures"]) == (3, 3)
+        assert respond["recent_errors"][0]["message"] == "503 from the model"
+
+    async def test_stored_error_messages_are_redacted(self, tmp_path: Path) -> None:
+        """A key in a stored step error never reaches the store's report."""
+        key = "sk-stored-0123456789"
+        async with fake(tmp_path) as svc:
+            svc.fakes.responder.behaviour.fail_always(transient(f"503 for key {key}"))
+            await ask(svc, "a0")
+            report = json.dumps(await stored_health(svc.store, redactor=Redactor([key])))
+        assert key not in report
+        assert "503 for key [REDACTED]" in report
