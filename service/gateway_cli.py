@@ -68,7 +68,7 @@ def serve(
         overrides["host"] = host
     gateway = gateway.model_copy(update=overrides)
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (here, to name the extra when it is missing)
 
         from service.gateway.app import create_app
     except ImportError as exc:
@@ -84,18 +84,39 @@ def serve(
             else "gateway (client of the broker)")
     err.print(f"ai-apps {role} on http://{gateway.host}:{gateway.port}  "
               "(SIGTERM or Ctrl-C stops)", highlight=False)
-    config = uvicorn.Config(
-        app, host=gateway.host, port=gateway.port, lifespan="on",
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=int(gateway.graceful_shutdown) or None,
-    )
-    server = _server(config, app.state.gateway.hub.close)
+    server = _server(uvicorn_config(app, settings, gateway), app.state.gateway.hub.close)
     try:
         server.run()
     except ConfigurationError as exc:
         raise _fail(str(exc)) from None
     if not server.started:
         raise _fail("the gateway did not start (see the log above)", 3)
+
+
+UVICORN_LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {
+        name: {"handlers": [], "propagate": True}
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+    },
+}
+"""uvicorn's loggers without handlers of their own (uvicorn's default config gives them
+plain-text ones): their lines, the access log and the "Exception in ASGI application"
+tracebacks included, go to the root logger, whose handler ``configure_logging`` set up: the
+same structlog chain as ours, JSON and redacted. (A dict rather than ``log_config=None``: it
+also takes off handlers an earlier uvicorn in the process installed.)"""
+
+
+def uvicorn_config(app: Any, settings: Settings, gateway: Any) -> Any:
+    """The uvicorn configuration ``serve`` runs ``app`` with (its logs through ours)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=gateway.host, port=gateway.port, lifespan="on",
+        log_config=UVICORN_LOGGING, log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(gateway.graceful_shutdown) or None,
+    )
 
 
 def _server(config: Any, on_shutdown: Any) -> Any:

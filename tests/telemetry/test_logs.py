@@ -140,3 +140,58 @@ class TestRedactor:
             "event": "x", "password": REDACTED, "client_secret": REDACTED, "input_tokens": 5,
             "routing_key": "InquiryReceived", "nested": {"token": REDACTED, "ok": "fine"},
         }
+
+
+class TestGatewayLogs:
+    async def test_uvicorn_lines_are_json_and_a_key_in_a_handlers_exception_never_appears(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``ai-apps serve``'s uvicorn: the "Exception in ASGI application" traceback of a
+        handler that raised with the key in its message, and every other line (startup, the
+        access log), are JSON lines of our chain, redacted."""
+        import asyncio
+        import socket
+
+        import httpx
+        import uvicorn
+
+        from service.gateway import GatewaySettings, create_app
+        from service.gateway_cli import uvicorn_config
+
+        settings = keyed_settings(tmp_path, "json")
+        configure_logging(settings)
+        svc = FakeService(tmp_path)
+        app = create_app(svc, svc.settings)
+
+        @app.get("/boom")
+        async def boom() -> None:
+            raise RuntimeError(f"upstream refused the key {KEY}")
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn_config(app, settings, GatewaySettings(port=port)))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                assert not task.done(), task.result()
+                await asyncio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                assert (await client.get("/boom")).status_code == 500
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 20)
+            sock.close()
+        out, err = capsys.readouterr()
+        assert KEY not in out + err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines
+        assert all(line.startswith("{") for line in lines), [
+            line for line in lines if not line.startswith("{")
+        ]
+        records = json_lines(err)
+        (crash,) = [r for r in records
+                    if r["event"].startswith("Exception in ASGI application")]
+        assert crash["logger"] == "uvicorn.error"
+        assert f"upstream refused the key {REDACTED}" in crash["exception"]
+        assert any(r.get("logger") == "uvicorn.access" and "/boom" in r["event"] for r in records)
