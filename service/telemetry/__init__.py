@@ -108,7 +108,7 @@ class Telemetry:
 
         return InstrumentedTransport(
             transport, self._otel.tracer, self._otel.instruments, sagas=self._sagas,
-            recording=self._otel.recording,
+            recording=self._otel.recording, redactor=self.redactor,
         )
 
     def actor_middleware(self) -> list[Middleware]:

@@ -18,6 +18,7 @@ import importlib
 import os
 import socket
 import threading
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +39,12 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 
 from saga.breaker import BreakerRegistry, CircuitState
 from service.telemetry.middleware import ProviderCall
+from service.telemetry.redaction import Redactor
 from service.telemetry.settings import TelemetrySettings
 
 SCOPE = "ai_apps"
@@ -60,6 +62,21 @@ _OPERATIONS = {
 }
 """``gen_ai.operation.name`` by actor service: ``chat`` where the conventions name it, our own
 low-cardinality names for the capabilities they do not cover."""
+
+
+def record_error(span: Span, exc: BaseException, redactor: Redactor) -> None:
+    """``exc`` on ``span`` as the SDK records one (an ``exception`` event, an error status,
+    and ``error.type``), but with its message and stack trace through ``redactor``: spans are
+    exported, and an exception's text may hold a key or a connection string. Every span that
+    can end in an exception is opened with ``record_exception=False,
+    set_status_on_exception=False`` and records it here instead."""
+    message = redactor.scrub(str(exc))
+    span.set_attribute("error.type", type(exc).__name__)
+    span.record_exception(exc, attributes={
+        "exception.message": message,
+        "exception.stacktrace": redactor.scrub("".join(traceback.format_exception(exc))),
+    }, escaped=True)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
 
 
 class TelemetryConfigError(ValueError):

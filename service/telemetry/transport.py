@@ -33,7 +33,8 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from bus.base import DeadLetter, DeliveryObserver, Handler, ObservableTransport, Transport, observe
 from events.envelope import Envelope
-from service.telemetry.otel import Instruments
+from service.telemetry.otel import Instruments, record_error
+from service.telemetry.redaction import Redactor
 from service.telemetry.saga import SagaObserver
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -113,10 +114,13 @@ class InstrumentedTransport:
         sagas: SagaObserver | None = None,
         system: str | None = None,
         recording: bool = True,
+        redactor: Redactor | None = None,
     ) -> None:
         self.inner = inner
         self.system = system or messaging_system(inner)
         self.recording = recording
+        self.redactor = redactor or Redactor()
+        """What an exception recorded on a span is passed through (spans are exported)."""
         self._tracer = tracer
         self._instruments = instruments
         self._sagas = sagas
@@ -161,12 +165,12 @@ class InstrumentedTransport:
                 "messaging.destination.name": envelope.type,
                 "messaging.message.id": envelope.id,
                 "messaging.message.conversation_id": envelope.correlationid,
-            },
+            }, record_exception=False, set_status_on_exception=False,
         ) as span:
             try:
                 await self.inner.publish(_with_current_context(envelope))
             except Exception as exc:
-                span.set_attribute("error.type", type(exc).__name__)
+                record_error(span, exc, self.redactor)
                 raise
 
     async def subscribe(
@@ -205,6 +209,7 @@ class InstrumentedTransport:
 
     def _instrumented(self, group: str, handler: Handler, ephemeral: bool) -> Handler:
         tracer, instruments, sagas, system = self._tracer, self._instruments, self._sagas, self.system
+        redactor = self.redactor
         group_label = EPHEMERAL_GROUP if ephemeral else group
         recording = self.recording
 
@@ -222,12 +227,12 @@ class InstrumentedTransport:
                 attributes["messaging.destination.temporary"] = True
             with tracer.start_as_current_span(
                 f"process {envelope.type}", context=extract(envelope), kind=SpanKind.CONSUMER,
-                attributes=attributes,
+                attributes=attributes, record_exception=False, set_status_on_exception=False,
             ) as span:
                 try:
                     await handler(envelope)
                 except Exception as exc:
-                    span.set_attribute("error.type", type(exc).__name__)
+                    record_error(span, exc, redactor)
                     raise
 
         async def in_context(envelope: Envelope) -> None:

@@ -352,3 +352,61 @@ class TestDisabled:
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
         with pytest.raises(ConfigurationError, match="zipkin"):
             Telemetry(TelemetrySettings(enabled=True))
+
+
+class TestRedactedSpans:
+    KEY = "sk-span-0123456789abcdef"
+
+    async def test_an_exception_on_a_span_is_recorded_redacted(
+        self, spans: InMemorySpanExporter
+    ) -> None:
+        """A handler's and a publish's exceptions are exception events and error statuses on
+        their spans, with the message and stack trace redacted: a key in them is never
+        exported."""
+        from service.telemetry import Redactor
+        from service.telemetry.redaction import REDACTED
+
+        key = self.KEY
+
+        class Refusing(InMemoryTransport):
+            async def publish(self, envelope: Envelope) -> None:
+                if envelope.correlationid == "refused":
+                    raise ConnectionError(f"amqp://app:{key}@broker/ refused")
+                await super().publish(envelope)
+
+        telemetry = Telemetry(TelemetrySettings(enabled=True), span_exporter=spans,
+                              redactor=Redactor([key]))
+        inner = Refusing(retry=RetryPolicy(max_attempts=1, initial_delay=0.001), drain_timeout=0)
+        bus = telemetry.instrument_transport(inner)
+
+        async def handler(envelope: Envelope) -> None:
+            raise RuntimeError(f"provider said: invalid key {key}")
+
+        await bus.subscribe("g", ["InquiryReceived"], handler)
+        await bus.start()
+        try:
+            await bus.publish(Envelope.new(make_inquiry(), correlationid="inq-1"))
+            await inner.idle(5)
+            with pytest.raises(ConnectionError):
+                await bus.publish(Envelope.new(make_inquiry("refused"), correlationid="refused"))
+        finally:
+            await bus.close()
+            telemetry.shutdown()
+        finished = spans.get_finished_spans()
+        for span in finished:
+            assert key not in span.to_json(), span.name
+        (handled,) = [s for s in finished if s.kind is SpanKind.CONSUMER]
+        (refused,) = [s for s in finished if s.kind is SpanKind.PRODUCER
+                      and attr(s, "messaging.message.conversation_id") == "refused"]
+        for span, kind, text in ((handled, "RuntimeError", f"invalid key {REDACTED}"),
+                                 (refused, "ConnectionError", f"amqp://app:{REDACTED}@broker/")):
+            assert span.status.status_code is StatusCode.ERROR
+            assert span.status.description is not None
+            assert text in span.status.description
+            assert attr(span, "error.type") == kind
+            (event,) = span.events
+            assert event.name == "exception"
+            assert event.attributes is not None
+            assert text in str(event.attributes["exception.message"])
+            assert text in str(event.attributes["exception.stacktrace"])
+            assert event.attributes["exception.type"] == kind
