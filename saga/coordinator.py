@@ -218,12 +218,20 @@ class SagaCoordinator:
     # -- the core: load, apply, save with the outbox, publish ------------------------------
 
     async def _apply(self, saga_id: str, change: _ChangeFn, tenant: str | None = None) -> None:
+        # every line a transition logs (a timer's too, which runs in no handler) names the
+        # saga and its tenant, whatever the telemetry settings
+        with structlog.contextvars.bound_contextvars(correlation_id=saga_id, tenant=tenant):
+            await self._apply_bound(saga_id, change, tenant)
+
+    async def _apply_bound(self, saga_id: str, change: _ChangeFn, tenant: str | None) -> None:
         lock = self._locks.get(saga_id)
         if lock is None:
             lock = self._locks[saga_id] = asyncio.Lock()
         async with lock:
             for _ in range(20):
                 state = await self.store.load(saga_id)
+                if state is not None:  # reset with the binding above
+                    structlog.contextvars.bind_contextvars(tenant=state.tenant)
                 expected = state.version if state else 0
                 spending = await self._tenant_spending(state.tenant if state else tenant)
                 # no await between setting it and the change: concurrent sagas never see
@@ -271,6 +279,7 @@ class SagaCoordinator:
             start=StoredEvent.of(envelope.data),
             start_envelope_id=envelope.id,
             traceparent=envelope.traceparent,
+            tracestate=envelope.tracestate,
             started_at=now,
         )
         for step in workflow.steps:

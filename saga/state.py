@@ -98,6 +98,8 @@ class SagaState(BaseModel):
     start: StoredEvent
     start_envelope_id: str
     traceparent: str | None = None
+    tracestate: str | None = None
+    """The start's W3C ``tracestate``, carried on by every event the saga emits."""
     started_at: datetime
     finished_at: datetime | None = None
     steps: dict[str, StepState] = Field(default_factory=dict)
@@ -140,7 +142,7 @@ class SagaState(BaseModel):
             causationid=None,
             tenant=self.tenant,
             traceparent=self.traceparent,
-            tracestate=None,
+            tracestate=self.tracestate,
             replayof=None,
             data=self.start.load(),
         )

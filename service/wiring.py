@@ -465,11 +465,18 @@ class Service:
             self.store, self.telemetry.settings.health, redactor=self.telemetry.redactor
         )
 
-    async def submit(self, inquiry: InquiryReceived, *, tenant: str = "default") -> Envelope:
-        """Publish an inquiry; its correlation id is its inquiry id."""
+    async def submit(
+        self, inquiry: InquiryReceived, *, tenant: str = "default",
+        traceparent: str | None = None, tracestate: str | None = None,
+    ) -> Envelope:
+        """Publish an inquiry; its correlation id is its inquiry id. ``traceparent`` and
+        ``tracestate`` (W3C) continue the caller's trace (the gateway's helpdesk)."""
         envelope = Envelope.new(
-            inquiry, correlationid=inquiry.inquiry_id, tenant=tenant, source="/ai-apps/cli"
+            inquiry, correlationid=inquiry.inquiry_id, tenant=tenant, source="/ai-apps/cli",
+            traceparent=traceparent,
         )
+        if tracestate is not None:
+            envelope = envelope.model_copy(update={"tracestate": tracestate})
         await self.transport.publish(envelope)
         return envelope
 

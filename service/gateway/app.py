@@ -165,7 +165,7 @@ def create_app(
             CORSMiddleware, allow_origins=gw_settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key",
-                           "Last-Event-ID"],
+                           "Last-Event-ID", "traceparent", "tracestate"],
             expose_headers=["Location", "Idempotent-Replayed"],
         )
 

@@ -40,6 +40,7 @@ from service.gateway.problems import (
 )
 from service.gateway.state import GatewayState, gateway_state
 from service.gateway.stream import EventStreamResponse, event_stream
+from service.telemetry.propagation import trace_context
 from service.timeline import saga_summary
 
 router = APIRouter()
@@ -138,7 +139,8 @@ async def submit_inquiry(
     )] = None,
 ) -> JSONResponse:
     """Validate the inquiry, store its attachments, publish `InquiryReceived`, and answer
-    `202` with the inquiry id and where to follow it."""
+    `202` with the inquiry id and where to follow it. A W3C `traceparent` (and `tracestate`)
+    header continues the caller's trace: every span of the inquiry joins it."""
     gw = gateway_state(request)
     submission, uploads, request_hash = await _parse(request, gw)
     limit = gw.gateway.max_attachments
@@ -187,7 +189,10 @@ async def submit_inquiry(
         except ValidationError as exc:
             raise validation_problem(exc) from None
         try:
-            envelope = await gw.service.submit(inquiry, tenant=caller.tenant)
+            traceparent, tracestate = trace_context(request.headers)
+            envelope = await gw.service.submit(
+                inquiry, tenant=caller.tenant, traceparent=traceparent, tracestate=tracestate
+            )
         except TransportError as exc:
             raise ProblemError(503, "unavailable",
                                f"the message bus did not take the inquiry ({exc}); retry") from None

@@ -195,3 +195,28 @@ class TestGatewayLogs:
         assert crash["logger"] == "uvicorn.error"
         assert f"upstream refused the key {REDACTED}" in crash["exception"]
         assert any(r.get("logger") == "uvicorn.access" and "/boom" in r["event"] for r in records)
+
+
+class TestSagaLogContext:
+    async def test_every_coordinator_line_names_the_saga_and_tenant_timers_included(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With telemetry off, the coordinator's lines (from handlers and from the timer that
+        fires a step's deadline, which runs in no handler) carry the correlation id and the
+        tenant."""
+        configure_logging(fake_settings(tmp_path, log_format="json", log_level="INFO"))
+        svc = FakeService(tmp_path, step_timeouts={"respond": 5.0}, step_max_attempts=2)
+        assert not svc.telemetry.enabled
+        async with svc:
+            svc.fakes.responder.behaviour.fail_next("hang")
+            await svc.submit(make_inquiry(language="en"), tenant="acme")
+            await svc.settle()
+            await svc.advance(6)  # the deadline fires: a retry is scheduled
+            await svc.advance(60)  # the retry timer: dispatched again, answered
+            await svc.wait("inq-1", timeout=5)
+        lines = [x for x in json_lines(capsys.readouterr().err)
+                 if x.get("logger") is None and "saga" in x]
+        events = {x["event"] for x in lines}
+        assert {"saga started", "step retry scheduled", "saga completed"} <= events
+        for line in lines:
+            assert (line.get("correlation_id"), line.get("tenant")) == ("inq-1", "acme"), line

@@ -410,3 +410,46 @@ class TestRedactedSpans:
             assert text in str(event.attributes["exception.message"])
             assert text in str(event.attributes["exception.stacktrace"])
             assert event.attributes["exception.type"] == kind
+
+
+class TestGatewayTraceContext:
+    HELPDESK_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+    HELPDESK_SPAN = "00f067aa0ba902b7"
+
+    async def test_the_inquiry_continues_the_helpdesks_trace(
+        self, tmp_path: Path, telemetry: Telemetry, spans: InMemorySpanExporter
+    ) -> None:
+        """``POST /v1/inquiries`` with a W3C ``traceparent``: every span of the inquiry is in
+        the helpdesk's trace, its first publish a child of the helpdesk's span, and the
+        ``tracestate`` is carried to the reply."""
+        from tests.gateway.conftest import gateway_for, inquiry_body
+
+        headers = {"traceparent": f"00-{self.HELPDESK_TRACE}-{self.HELPDESK_SPAN}-01",
+                   "tracestate": "helpdesk=t61rcWkgMzE"}
+        svc = instrument(FakeService(tmp_path), telemetry)
+        async with gateway_for(tmp_path, service=svc) as gw:
+            accepted = await gw.post(inquiry_body(), headers=headers)
+            assert accepted.status_code == 202, accepted.text
+            inquiry_id = accepted.json()["inquiry_id"]
+            done = await svc.wait(inquiry_id, timeout=10)
+            await svc.settle()
+        assert done.traceparent is not None
+        assert done.traceparent.split("-")[1] == self.HELPDESK_TRACE
+        assert done.tracestate == "helpdesk=t61rcWkgMzE"
+        finished = [s for s in spans.get_finished_spans()
+                    if attr(s, "messaging.message.conversation_id") in (None, inquiry_id)]
+        assert {format(s.context.trace_id, "032x") for s in finished} == {self.HELPDESK_TRACE}
+        (first,) = [s for s in finished if s.name == "publish InquiryReceived"]
+        assert first.parent is not None
+        assert format(first.parent.span_id, "016x") == self.HELPDESK_SPAN
+
+    @pytest.mark.parametrize("header", [
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "not a traceparent",
+    ])
+    def test_an_invalid_traceparent_is_ignored(self, header: str) -> None:
+        from service.telemetry.propagation import trace_context
+
+        assert trace_context({"traceparent": header, "tracestate": "a=b"}) == (None, None)
