@@ -36,6 +36,7 @@ from events.support import StepFailed
 from saga.breaker import BreakerRegistry
 from saga.budget import CostControl, Spending
 from saga.clock import Clock, SystemClock
+from saga.observe import CoordinatorObserver, StepEvent, StepEventKind
 from saga.state import SagaState, SagaStatus, StepError, StepState, StepStatus, StoredEvent
 from saga.store import ConcurrencyError, CostEntry, SagaStore, Timer
 from saga.workflow import SagaView, Workflow
@@ -68,6 +69,14 @@ class _Changes:
     """The provider results accepted, for the cost ledger (written by the same save)."""
     cause: str | None = None
     """The event that caused these changes (their ``causationid``); None for a timer."""
+    steps: list[StepEvent] = field(default_factory=list)
+    """Retries, timeouts and fallbacks decided, for the observers once saved."""
+
+    def note(self, kind: StepEventKind, state: SagaState, step: StepState, reason: str) -> None:
+        self.steps.append(StepEvent(
+            kind=kind, workflow=state.workflow, step=step.name, service=step.service,
+            reason=reason, saga_id=state.id, tenant=state.tenant, attempt=step.attempts,
+        ))
 
     def emit(self, state: SagaState, event: Event, subject: str | None, now: datetime) -> Envelope:
         envelope = state.start_envelope().follow(event, source=SOURCE, subject=subject, time=now)
@@ -117,6 +126,12 @@ class SagaCoordinator:
             weakref.WeakValueDictionary()
         )
         self._timer_task: asyncio.Task[None] | None = None
+        self._observers: list[CoordinatorObserver] = []
+
+    def add_observer(self, observer: CoordinatorObserver) -> None:
+        """Tell ``observer`` of every step retry, timeout and fallback (see
+        :mod:`saga.observe`)."""
+        self._observers.append(observer)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -259,6 +274,12 @@ class SagaCoordinator:
                 break
             else:
                 raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
+        for decided in changes.steps:
+            for observer in self._observers:
+                try:
+                    observer.step_event(decided)
+                except Exception:  # an observer never fails a saga
+                    log.exception("coordinator observer failed")
         for env in changes.outbox:
             await self.transport.publish(env)
         await self.store.mark_published([e.id for e in changes.outbox])
@@ -361,6 +382,7 @@ class SagaCoordinator:
         changes = _Changes()
         if timer.kind == "deadline" and step.status is StepStatus.DISPATCHED:
             self.breakers.get(step.service).record_failure(self.clock.now())
+            changes.note("timeout", state, step, "timeout")
             timeout = workflow.step(step.name).timeout
             error = StepError(
                 error_class="timeout",
@@ -391,6 +413,7 @@ class SagaCoordinator:
             delay = definition.retry.delay(step.attempts, retry_after)
             step.status = StepStatus.WAITING_RETRY
             changes.timers.append(self._timer(state, step, "retry", delay))
+            changes.note("retry", state, step, error.error_class)
             log.info("step retry scheduled", saga=state.id, step=step.key, delay=delay,
                      error=error.error_class)
             return
@@ -407,6 +430,7 @@ class SagaCoordinator:
             step.status = StepStatus.FALLBACK
             step.fallback_reason = reason
             step.result = StoredEvent.of(substitute) if substitute is not None else None
+            changes.note("fallback", state, step, reason.split(":", 1)[0])
             log.warning("step fell back", saga=state.id, step=step.key, reason=reason)
             return
         step.status = StepStatus.FAILED

@@ -122,10 +122,12 @@ class Telemetry:
         return [provider_calls(sinks, replays, pricing=self.pricing)]
 
     def observe_coordinator(self, coordinator: SagaCoordinator) -> None:
-        """Its breakers (the circuit gauge and the report's circuit states) and workflows."""
+        """Its breakers (the circuit gauge and the report's circuit states), workflows, and
+        step retries, timeouts and fallbacks (counted as it tells them)."""
         self.observe_breakers(coordinator.breakers)
         if self._sagas is not None:
             self._sagas.observe_workflows(coordinator.workflows.values())
+            coordinator.add_observer(self._sagas)
 
     def observe_breakers(self, breakers: BreakerRegistry) -> None:
         self._breakers = breakers

@@ -126,6 +126,9 @@ class Instruments:
     cache_hits: Counter
     saga_outcomes: Counter
     saga_duration: Histogram
+    step_retries: Counter
+    step_timeouts: Counter
+    step_fallbacks: Counter
 
     @classmethod
     def create(cls, meter: Meter) -> Instruments:
@@ -188,6 +191,17 @@ class Instruments:
             saga_duration=histogram(
                 "ai_apps.saga.duration", "s", "Saga duration, start to terminal event.",
                 SAGA_BUCKETS),
+            step_retries=counter(
+                "ai_apps.saga.step.retries", "{retry}",
+                "Step retries the coordinator scheduled, by workflow, step, service and reason "
+                "(the error class). Transport redeliveries are ai_apps.messaging.retried."),
+            step_timeouts=counter(
+                "ai_apps.saga.step.timeouts", "{timeout}",
+                "Steps whose deadline passed without an answer, by workflow, step and service."),
+            step_fallbacks=counter(
+                "ai_apps.saga.step.fallbacks", "{fallback}",
+                "Steps that took their fallback, by workflow, step, service and reason (an "
+                "error class, circuit_open, budget)."),
         )
 
 

@@ -22,6 +22,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from events.envelope import Envelope
 from saga.coordinator import SOURCE as COORDINATOR_SOURCE
+from saga.observe import StepEvent
 from saga.workflow import Workflow
 from service.telemetry.otel import Instruments
 
@@ -43,6 +44,15 @@ class SagaObserver:
     def observe_workflows(self, workflows: Iterable[Workflow]) -> None:
         """The workflows the coordinator runs: their start event types name the sagas."""
         self._starts.update({w.starts_on.event_type: w.name for w in workflows})
+
+    def step_event(self, event: StepEvent) -> None:
+        """A coordinator observer (:meth:`~saga.coordinator.SagaCoordinator.add_observer`):
+        the step retry, timeout and fallback counters."""
+        counter = {"retry": self._instruments.step_retries,
+                   "timeout": self._instruments.step_timeouts,
+                   "fallback": self._instruments.step_fallbacks}[event.kind]
+        counter.add(1, {"ai_apps.workflow": event.workflow, "ai_apps.step": event.step,
+                        "ai_apps.service": event.service, "ai_apps.reason": event.reason})
 
     def consumed(self, envelope: Envelope) -> None:
         workflow = self._starts.get(envelope.type)

@@ -453,3 +453,59 @@ class TestGatewayTraceContext:
         from service.telemetry.propagation import trace_context
 
         assert trace_context({"traceparent": header, "tracestate": "a=b"}) == (None, None)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the Prometheus sample ``name`` with (at least) ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and labels.items() <= s.labels.items():
+                return float(s.value)
+    return None
+
+
+class TestStepMetrics:
+    async def test_step_timeouts_retries_and_fallbacks_are_counted(
+        self, tmp_path: Path, telemetry: Telemetry
+    ) -> None:
+        """The responder hangs (its deadline passes: a timeout, a retry for it), then fails
+        (out of attempts: the fallback): each is counted once with its workflow, step, service
+        and reason, apart from the transport's redeliveries."""
+        svc = FakeService(tmp_path, step_timeouts={"respond": 5.0}, step_max_attempts=2)
+        async with instrument(svc, telemetry):
+            svc.fakes.responder.behaviour.fail_next("hang", transient())
+            await svc.submit(make_inquiry(language="en"))
+            await svc.settle()
+            await svc.advance(6)
+            await svc.advance(60)
+            done = await svc.wait("inq-1", timeout=5)
+            text = telemetry.metrics_text().decode()
+        assert isinstance(done.data, ResponseReady)
+        assert done.data.degraded == ("respond",)
+        step = {"ai_apps_workflow": "support", "ai_apps_step": "respond",
+                "ai_apps_service": "responder"}
+        assert sample(text, "ai_apps_saga_step_timeouts_total", **step,
+                      ai_apps_reason="timeout") == 1
+        assert sample(text, "ai_apps_saga_step_retries_total", **step,
+                      ai_apps_reason="timeout") == 1
+        assert sample(text, "ai_apps_saga_step_retries_total", **step,
+                      ai_apps_reason="transient") is None
+        assert sample(text, "ai_apps_saga_step_fallbacks_total", **step,
+                      ai_apps_reason="transient") == 1
+
+    async def test_an_open_circuits_fallback_is_counted_as_such(
+        self, tmp_path: Path, telemetry: Telemetry
+    ) -> None:
+        svc = FakeService(tmp_path, breaker_failure_threshold=1, step_max_attempts=1)
+        async with instrument(svc, telemetry):
+            svc.fakes.responder.behaviour.fail_always(transient())
+            for inquiry_id in ("a", "b"):
+                await svc.submit(make_inquiry(inquiry_id, language="en"))
+                await svc.wait(inquiry_id, timeout=5)
+            text = telemetry.metrics_text().decode()
+        assert sample(text, "ai_apps_saga_step_fallbacks_total", ai_apps_step="respond",
+                      ai_apps_reason="circuit_open") == 1
+        assert sample(text, "ai_apps_saga_step_fallbacks_total", ai_apps_step="respond",
+                      ai_apps_reason="transient") == 1
