@@ -89,6 +89,9 @@ class Handling:
     started_ns: int = 0
     """Wall-clock time (``time.time_ns()``) the provider call began; 0 if it was not called."""
     ended_ns: int = 0
+    work: asyncio.Task[Envelope] | None = None
+    """The provider call and the recording of its result: it outlives a delivery cancelled
+    under it, so a middleware that sees the cancellation can wait for it to finish."""
 
 
 _handling: ContextVar[Handling | None] = ContextVar("actor_handling", default=None)
@@ -200,6 +203,7 @@ class ActorRuntime:
         # work goes on, keeps renewing the claim and records its result; the redelivery waits
         # on the claim and answers from the inbox, so the call is neither lost nor paid twice.
         work = asyncio.create_task(self._work_on(actor, envelope, owner, handling))
+        handling.work = work
         self._working.add(work)
         work.add_done_callback(self._working.discard)
         # (without an inbox nothing would keep the result: the work goes with its delivery)

@@ -5,10 +5,16 @@ It reads what the runtime did from :func:`actors.runtime.current_handling` once 
 returns: the call's start and end, and the result (the provider's, or the classified
 ``StepFailed``). A request answered from the inbox made no call; it is reported to
 ``on_replay`` instead. A result from the result cache is a call with ``cached`` set.
+
+A delivery cancelled while its provider call runs (the broker dropped the connection) does not
+end the call: the runtime lets it finish and record its result, and the redelivery answers from
+the inbox. The call is reported when it finishes, in the cancelled delivery's context (its
+span the parent), so it keeps its client span, cost and health record.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -77,9 +83,27 @@ def provider_calls(
             except Exception:
                 log.exception("telemetry sink failed", sink=repr(sink))
 
+    def when_done(envelope: Envelope, handling: Handling) -> None:
+        work = handling.work
+        if work is None or not handling.started_ns:
+            return  # cancelled before the provider was called: nothing to report
+
+        def report(task: asyncio.Task[Envelope]) -> None:
+            if task.cancelled():
+                return  # cut short at close: its claim runs out, another worker calls again
+            emit(_call(envelope, handling, task.exception(), pricing))
+
+        # a done callback runs in a copy of the current context: the delivery's span
+        work.add_done_callback(report)
+
     async def observe(envelope: Envelope, call_next: Handler) -> None:
         try:
             await call_next(envelope)
+        except asyncio.CancelledError:
+            handling = current_handling()
+            if handling is not None:
+                when_done(envelope, handling)
+            raise
         except Exception as exc:
             handling = current_handling()
             if handling is not None and handling.started_ns:
@@ -99,7 +123,7 @@ def provider_calls(
 
 
 def _call(
-    envelope: Envelope, handling: Handling, exc: Exception | None, pricing: PriceTable | None
+    envelope: Envelope, handling: Handling, exc: BaseException | None, pricing: PriceTable | None
 ) -> ProviderCall:
     result = handling.result
     if exc is not None and result is None:

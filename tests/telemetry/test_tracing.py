@@ -509,3 +509,50 @@ class TestStepMetrics:
                       ai_apps_reason="circuit_open") == 1
         assert sample(text, "ai_apps_saga_step_fallbacks_total", ai_apps_step="respond",
                       ai_apps_reason="transient") == 1
+
+
+class TestCancelledDelivery:
+    async def test_a_call_that_outlives_its_cancelled_delivery_is_still_recorded(
+        self, tmp_path: Path, telemetry: Telemetry, spans: InMemorySpanExporter
+    ) -> None:
+        """The broker drops the connection while the provider works: the call finishes after
+        its delivery is gone (the redelivery answers from the inbox) and still gets its
+        client span, its metrics and its place in the health report, once."""
+        import asyncio
+
+        from actors.runtime import bind_log_context
+        from events import TranslateTextRequested
+        from saga import SqliteSagaStore
+        from service.testing import fake_settings
+        from service.wiring import Service
+
+        fakes = FakeProviders()
+        fakes.translation.behaviour.latency = 0.2
+        transport = InMemoryTransport()
+        svc = Service(fake_settings(tmp_path), coordinator=False, actors=["translation"],
+                      providers={"translation": fakes.translation}, transport=transport,
+                      store=SqliteSagaStore(tmp_path / "s.db"))
+        svc.runtime.middleware = (*telemetry.actor_middleware(), bind_log_context)
+        async with svc:
+            deliver = svc.runtime._chain(svc.runtime.actors[0])
+            request = Envelope.new(TranslateTextRequested(text="hola", to_language="en",
+                                                          from_language="es"),
+                                   correlationid="c1", subject="translate_in")
+            first = asyncio.ensure_future(deliver(request))
+            while not fakes.translation.behaviour.calls:
+                await asyncio.sleep(0.01)
+            first.cancel()  # the channel closed under the handler
+            await asyncio.gather(first, return_exceptions=True)
+            assert first.cancelled()
+            await deliver(request)  # the redelivery, answered from the inbox
+            await transport.idle(10)
+            text = telemetry.metrics_text().decode()
+        assert len(fakes.translation.behaviour.calls) == 1
+        (client,) = by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
+        assert attr(client, "ai_apps.step") == "translate_in"
+        assert attr(client, "ai_apps.usage.characters") == 4
+        operations = telemetry.health()["services"]["translation"]["operations"]
+        assert operations["translate_in"]["calls"] == 1
+        assert sample(text, "ai_apps_provider_calls_total", ai_apps_service="translation") == 1
+        assert sample(text, "ai_apps_actor_inbox_replays_total",
+                      ai_apps_service="translation") == 1
