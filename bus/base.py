@@ -29,6 +29,18 @@ class DeadLetterNotFound(TransportError):
 
 
 @dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a transport sends every event, as telemetry names it: the RabbitMQ exchange, the
+    Service Bus topic, the in-memory bus; and the broker's address when there is one. A
+    transport that has one shows it as its ``destination`` attribute (optional: nothing but
+    telemetry reads it)."""
+
+    name: str
+    server_address: str | None = None
+    server_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How a subscriber group retries a failing handler before dead-lettering the message.
 

@@ -18,7 +18,15 @@ import structlog
 from bus._wire import Observers
 from bus._wire import reason as _reason
 from bus._wire import retryable as _retryable
-from bus.base import ALL_TYPES, DeadLetter, DeliveryObserver, Handler, RetryPolicy, TransportError
+from bus.base import (
+    ALL_TYPES,
+    DeadLetter,
+    DeliveryObserver,
+    Destination,
+    Handler,
+    RetryPolicy,
+    TransportError,
+)
 from events.base import EventRegistry, registry
 from events.envelope import Envelope, decode, encode, utcnow
 from events.errors import DecodeError
@@ -187,6 +195,9 @@ class InMemoryTransport:
                 await asyncio.sleep(0)
                 if self._pending == 0:
                     return
+
+    destination = Destination("memory")
+    """For telemetry: the in-process bus is the one destination of every event."""
 
     @property
     def pending(self) -> int:

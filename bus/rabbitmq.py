@@ -57,7 +57,14 @@ from bus._wire import header_text as _text
 from bus._wire import header_time as _time
 from bus._wire import reason as _reason
 from bus._wire import retryable as _retryable
-from bus.base import DeadLetter, DeliveryObserver, Handler, RetryPolicy, TransportError
+from bus.base import (
+    DeadLetter,
+    DeliveryObserver,
+    Destination,
+    Handler,
+    RetryPolicy,
+    TransportError,
+)
 from events.base import EventRegistry, registry
 from events.envelope import CONTENT_TYPE, Envelope, decode, encode, utcnow
 from events.errors import DecodeError
@@ -338,6 +345,17 @@ class RabbitMQTransport:
         return moved
 
     # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def destination(self) -> Destination:
+        """The exchange every event is published to, and the broker (for telemetry)."""
+        try:
+            url = URL(self.url)
+            host = url.host
+            port = url.port or (5671 if url.scheme == "amqps" else 5672)
+        except ValueError:
+            host = port = None
+        return Destination(self.exchange_name, host, port)
 
     @property
     def declared_queues(self) -> frozenset[str]:

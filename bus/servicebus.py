@@ -89,7 +89,14 @@ from bus._wire import header_text as _text
 from bus._wire import header_time as _time
 from bus._wire import reason as _reason
 from bus._wire import retryable as _retryable
-from bus.base import DeadLetter, DeliveryObserver, Handler, RetryPolicy, TransportError
+from bus.base import (
+    DeadLetter,
+    DeliveryObserver,
+    Destination,
+    Handler,
+    RetryPolicy,
+    TransportError,
+)
 from bus.servicebus_admin import (
     EPHEMERAL_IDLE,
     H_TARGET,
@@ -311,6 +318,17 @@ class ServiceBusTransport:
         self._started = False
 
     # -- publish / subscribe ---------------------------------------------------------------
+
+    @property
+    def destination(self) -> Destination:
+        """The topic every event is sent to, and the namespace (for telemetry)."""
+        host = self.namespace
+        if host is None and self.connection_string:
+            for part in self.connection_string.split(";"):
+                name, _, value = part.partition("=")
+                if name.strip().lower() == "endpoint":
+                    host = value.strip().removeprefix("sb://").split("/", 1)[0].split(":")[0]
+        return Destination(self.topic, host or None)
 
     async def publish(self, envelope: Envelope) -> None:
         """Send ``envelope`` to the topic; returns once Service Bus has accepted it. Concurrent

@@ -45,6 +45,8 @@ class _Attributes(BaseModel):
     tenant: str = "default"
     traceparent: str | None = None
     tracestate: str | None = None
+    baggage: str | None = None
+    """W3C Baggage (the ``baggage`` header's value) travelling with the trace context."""
     replayof: str | None = None
     """Set on events re-emitted by a replay or resume: the id of the original event."""
 
@@ -105,6 +107,7 @@ class Envelope(_Attributes):
             tenant=self.tenant,
             traceparent=self.traceparent,
             tracestate=self.tracestate,
+            baggage=self.baggage,
             data=data,
         )
 

@@ -301,6 +301,7 @@ class SagaCoordinator:
             start_envelope_id=envelope.id,
             traceparent=envelope.traceparent,
             tracestate=envelope.tracestate,
+            baggage=envelope.baggage,
             started_at=now,
         )
         for step in workflow.steps:

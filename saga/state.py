@@ -100,6 +100,8 @@ class SagaState(BaseModel):
     traceparent: str | None = None
     tracestate: str | None = None
     """The start's W3C ``tracestate``, carried on by every event the saga emits."""
+    baggage: str | None = None
+    """The start's W3C ``baggage``, likewise."""
     started_at: datetime
     finished_at: datetime | None = None
     steps: dict[str, StepState] = Field(default_factory=dict)
@@ -143,6 +145,7 @@ class SagaState(BaseModel):
             tenant=self.tenant,
             traceparent=self.traceparent,
             tracestate=self.tracestate,
+            baggage=self.baggage,
             replayof=None,
             data=self.start.load(),
         )

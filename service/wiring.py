@@ -468,15 +468,17 @@ class Service:
     async def submit(
         self, inquiry: InquiryReceived, *, tenant: str = "default",
         traceparent: str | None = None, tracestate: str | None = None,
+        baggage: str | None = None,
     ) -> Envelope:
-        """Publish an inquiry; its correlation id is its inquiry id. ``traceparent`` and
-        ``tracestate`` (W3C) continue the caller's trace (the gateway's helpdesk)."""
+        """Publish an inquiry; its correlation id is its inquiry id. ``traceparent``,
+        ``tracestate`` and ``baggage`` (W3C) continue the caller's trace (the gateway's
+        helpdesk)."""
         envelope = Envelope.new(
             inquiry, correlationid=inquiry.inquiry_id, tenant=tenant, source="/ai-apps/cli",
             traceparent=traceparent,
         )
-        if tracestate is not None:
-            envelope = envelope.model_copy(update={"tracestate": tracestate})
+        if tracestate is not None or baggage is not None:
+            envelope = envelope.model_copy(update={"tracestate": tracestate, "baggage": baggage})
         await self.transport.publish(envelope)
         return envelope
 

@@ -138,7 +138,7 @@ def _envelope_schema() -> dict[str, Any]:
     schema["description"] = (
         "A CloudEvents 1.0 envelope in structured JSON mode, with ai-apps' extension "
         "attributes: correlationid (the saga), causationid (the event that caused this one), "
-        "tenant, traceparent/tracestate, replayof."
+        "tenant, traceparent/tracestate/baggage (W3C), replayof."
     )
     return schema
 

@@ -40,7 +40,7 @@ from service.gateway.problems import (
 )
 from service.gateway.state import GatewayState, gateway_state
 from service.gateway.stream import EventStreamResponse, event_stream
-from service.telemetry.propagation import trace_context
+from service.telemetry.propagation import incoming
 from service.timeline import saga_summary
 
 router = APIRouter()
@@ -189,9 +189,12 @@ async def submit_inquiry(
         except ValidationError as exc:
             raise validation_problem(exc) from None
         try:
-            traceparent, tracestate = trace_context(request.headers)
+            traceparent, tracestate, baggage = incoming(
+                request.headers, otel=bool(getattr(gw.service.telemetry, "enabled", False))
+            )
             envelope = await gw.service.submit(
-                inquiry, tenant=caller.tenant, traceparent=traceparent, tracestate=tracestate
+                inquiry, tenant=caller.tenant, traceparent=traceparent, tracestate=tracestate,
+                baggage=baggage,
             )
         except TransportError as exc:
             raise ProblemError(503, "unavailable",

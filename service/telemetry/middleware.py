@@ -47,8 +47,10 @@ class ProviderCall:
     error_class: str | None
     message: str
     provider: str
-    """The provider family: local, azure, openai, fake."""
+    """The provider's name as the price table knows it: local, azure, azure-openai, openai,
+    fake."""
     model: str | None
+    """The model the call is priced at: the one that answered, else the one asked for."""
     usage: Usage | None
     correlation_id: str
     tenant: str
@@ -58,6 +60,11 @@ class ProviderCall:
     """Priced by the price table given to :func:`provider_calls` (0 without one, or for a
     provider it does not list)."""
     currency: str = "USD"
+    request_model: str | None = None
+    """The model (or deployment) asked for: the request's, else the provider's configured
+    one, else the one that answered (a provider of one model); None when none is known."""
+    response_model: str | None = None
+    """The model the provider reported answering with (None without an answer)."""
 
     @property
     def duration_s(self) -> float:
@@ -134,6 +141,15 @@ def _call(
     else:
         ok, error_class, message = True, None, ""
     provider, model = provider_of(handling.actor, result)
+    answered = getattr(result, "provider", None) if ok else None
+    response_model = answered.model if isinstance(answered, ProviderInfo) else None
+    configured = getattr(handling.actor.provider, "provider", None)
+    asked = getattr(envelope.data, "model", None)
+    request_model = (
+        asked if isinstance(asked, str) and asked
+        else configured.model if isinstance(configured, ProviderInfo) and configured.model
+        else response_model
+    )
     usage = getattr(result, "usage", None)
     usage = usage if isinstance(usage, Usage) else None
     cost = 0.0
@@ -156,6 +172,8 @@ def _call(
         cached=bool(getattr(getattr(result, "provider", None), "cached", False)),
         cost=cost,
         currency=pricing.currency if pricing is not None else "USD",
+        request_model=request_model,
+        response_model=response_model,
     )
 
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
@@ -40,8 +42,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 
+from events.envelope import Envelope
 from saga.breaker import BreakerRegistry, CircuitState
 from service.telemetry.middleware import ProviderCall
 from service.telemetry.redaction import Redactor
@@ -51,9 +55,20 @@ SCOPE = "ai_apps"
 VERSION = "0.1.0"
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60)
-"""Seconds: the semantic conventions' buckets, extended for slow models."""
+"""Seconds: the messaging conventions' buckets (handler durations), extended for slow models."""
+GEN_AI_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92
+)
+"""Seconds: the advisory buckets of ``gen_ai.client.operation.duration``."""
 SAGA_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864
+)
+"""The advisory buckets of ``gen_ai.client.token.usage``."""
+_PROVIDER_NAMES = {"azure-openai": "azure.ai.openai", "openai": "openai"}
+"""``gen_ai.provider.name``: the conventions' well-known values where they name our provider
+(Azure OpenAI, OpenAI and OpenAI-compatible endpoints); our own names (azure for the Azure AI
+services they do not list, local, fake) elsewhere."""
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 _OPERATIONS = {
@@ -62,6 +77,52 @@ _OPERATIONS = {
 }
 """``gen_ai.operation.name`` by actor service: ``chat`` where the conventions name it, our own
 low-cardinality names for the capabilities they do not cover."""
+
+
+_W3C = TraceContextTextMapPropagator()
+_CARRIED = ("traceparent", "tracestate", "baggage")
+"""The envelope's trace fields: W3C Trace Context and Baggage (CloudEvents' distributed
+tracing extension, plus baggage)."""
+
+
+def extract(envelope: Envelope) -> Context:
+    """The trace context (and baggage) an envelope carries; an empty context when none.
+
+    Read with the propagators ``OTEL_PROPAGATORS`` names (``opentelemetry.propagate``; by
+    default W3C Trace Context and Baggage). The envelope's fields are W3C ones whatever that
+    variable says, so its ``traceparent`` is read as W3C when they did not find a span in it
+    (``OTEL_PROPAGATORS=b3``, say, still keeps one trace across the bus)."""
+    if not envelope.traceparent and not envelope.baggage:
+        return Context()
+    carrier = {name: value for name in _CARRIED if (value := getattr(envelope, name))}
+    context = propagate.extract(carrier, context=Context())
+    if envelope.traceparent and not trace.get_current_span(context).get_span_context().is_valid:
+        context = _W3C.extract(carrier, context=context)
+    return context
+
+
+def with_current_context(envelope: Envelope) -> Envelope:
+    """``envelope`` carrying the current trace context and baggage, if there is a trace;
+    written by the ``OTEL_PROPAGATORS`` propagators, the W3C ``traceparent`` always."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" not in carrier:
+        _W3C.inject(carrier)
+    if "traceparent" not in carrier:
+        return envelope
+    return envelope.model_copy(update={name: carrier.get(name) for name in _CARRIED})
+
+
+def carried_from(headers: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
+    """``(traceparent, tracestate, baggage)`` for an envelope, from an HTTP request's headers
+    read by the ``OTEL_PROPAGATORS`` propagators (B3 or Jaeger headers too, when configured
+    and installed)."""
+    context = propagate.extract(headers, context=Context())
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    if "traceparent" not in carrier:
+        _W3C.inject(carrier, context=context)
+    return carrier.get("traceparent"), carrier.get("tracestate"), carrier.get("baggage")
 
 
 def record_error(span: Span, exc: BaseException, redactor: Redactor) -> None:
@@ -170,7 +231,7 @@ class Instruments:
                 "ai_apps.provider.errors", "{error}", "Failed provider calls, by error class."),
             provider_duration=histogram(
                 "gen_ai.client.operation.duration", "s", "Provider call duration.",
-                DURATION_BUCKETS),
+                GEN_AI_DURATION_BUCKETS),
             tokens=histogram(
                 "gen_ai.client.token.usage", "{token}", "Tokens per call, input and output.",
                 TOKEN_BUCKETS),
@@ -258,12 +319,16 @@ class OtelPipeline:
         """A CLIENT span for the call (made after it, with its real start and end, as a child
         of the current consumer span) and the provider metrics."""
         operation = _OPERATIONS.get(call.service, call.service)
-        model = call.model or "unknown"
+        provider = _PROVIDER_NAMES.get(call.provider, call.provider)
+        models: dict[str, str] = {}
+        if call.request_model:  # omitted when not known
+            models["gen_ai.request.model"] = call.request_model
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": call.provider,
-            "gen_ai.system": call.provider,  # deprecated name of gen_ai.provider.name, still read
-            "gen_ai.request.model": model,
+            "gen_ai.provider.name": provider,
+            "gen_ai.system": provider,  # deprecated name of gen_ai.provider.name, still read
+            **models,
+            "ai_apps.provider": call.provider,
             "ai_apps.service": call.service,
             "ai_apps.step": call.operation,
             "ai_apps.cost": call.cost,
@@ -280,13 +345,16 @@ class OtelPipeline:
                 attributes["ai_apps.usage.images"] = usage.images
             if usage.audio_seconds:
                 attributes["ai_apps.usage.audio_seconds"] = usage.audio_seconds
+        if call.response_model:
+            attributes["gen_ai.response.model"] = call.response_model
         if call.error_class is not None:
             attributes["error.type"] = call.error_class
         if call.cached:
             attributes["ai_apps.cache_hit"] = True
         if self.recording:
+            name = f"{operation} {call.request_model}" if call.request_model else operation
             span = self.tracer.start_span(
-                f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes,
+                name, kind=SpanKind.CLIENT, attributes=attributes,
                 start_time=call.started_ns,
             )
             if not call.ok:
@@ -294,7 +362,7 @@ class OtelPipeline:
             span.end(end_time=call.ended_ns)
 
         metric = {"ai_apps.service": call.service, "gen_ai.operation.name": operation,
-                  "gen_ai.provider.name": call.provider, "gen_ai.request.model": model}
+                  "gen_ai.provider.name": provider, **models}
         i = self.instruments
         if call.cached:  # nothing was called: a hit, not a provider call
             i.cache_hits.add(1, {"ai_apps.service": call.service})

@@ -7,6 +7,15 @@ the request's trace; and the saga outcome and duration metrics.
 The workflow is known from the start event the coordinator in this process consumed (the
 workflows' ``starts_on`` types, see :meth:`SagaObserver.observe_workflows`); a saga started
 before a restart is named by its terminal event type.
+
+Why the saga span does not enclose its steps (they are its siblings, children of the request's
+first publish, and it covers their time): a saga outlives processes. It is started by one
+coordinator and may be finished by another, after a restart, minutes later; a span cannot be
+held open across that, and a span made at the start would have to be ended by whoever ends the
+saga. Parenting the steps under it would mean minting its span id at the start and storing it
+in the saga state, for a tree that says no more than the trace already does (every step is in
+the request's trace, under the coordinator's consumer spans). So it is recorded once, at the
+end, with its true start and end times.
 """
 
 from __future__ import annotations
@@ -16,17 +25,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from events.envelope import Envelope
 from saga.coordinator import SOURCE as COORDINATOR_SOURCE
 from saga.observe import StepEvent
 from saga.workflow import Workflow
-from service.telemetry.otel import Instruments
+from service.telemetry.otel import Instruments, extract
 
-_PROPAGATOR = TraceContextTextMapPropagator()
 _REMEMBERED = 10_000
 
 
@@ -71,10 +77,7 @@ class SagaObserver:
         outcome = _outcome(envelope.type)
         end = time.time_ns()
         start = end - int(elapsed_ms * 1_000_000)
-        parent = (
-            _PROPAGATOR.extract({"traceparent": envelope.traceparent}, context=Context())
-            if envelope.traceparent else None
-        )
+        parent = extract(envelope) if envelope.traceparent else None
         degraded = tuple(getattr(envelope.data, "degraded", ()) or ())
         attributes: dict[str, Any] = {
             "ai_apps.workflow": workflow,

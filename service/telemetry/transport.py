@@ -1,12 +1,19 @@
 """Tracing and metrics around a :class:`~bus.base.Transport`, as a decorator of it.
 
-Publishing makes a PRODUCER span ``publish {type}`` (messaging semantic conventions: the
-destination is the event type, the routing key every backend uses) and writes its context into
-the envelope's ``traceparent``/``tracestate`` (W3C) before the inner transport sends it, so the
-span is the message's creation context. Its parent is the current span when there is one (the
-handler that publishes a follow-up); otherwise the context the envelope already carries (an
-event the coordinator emits from a timer, or re-publishes from its outbox, carries its saga's),
-otherwise none: a new trace.
+Publishing makes a PRODUCER span ``publish {type}`` and writes its context into the envelope's
+``traceparent``/``tracestate``/``baggage`` before the inner transport sends it, so the span is
+the message's creation context. Messaging semantic conventions: ``messaging.destination.name``
+is where the transport sends every event (the RabbitMQ exchange, the Service Bus topic,
+``memory`` for the in-process bus: its :class:`~bus.base.Destination`), with ``server.address``
+and ``server.port`` when it knows them; the event type, which routes the message on every
+backend, is ``ai_apps.event_type`` (and ``messaging.rabbitmq.destination.routing_key`` on
+RabbitMQ). Span names use the event type rather than the destination: every event has the same
+destination, and the type is the low-cardinality name that says what the span is.
+
+A producer span's parent is the current span when there is one (the handler that publishes a
+follow-up); otherwise the context the envelope already carries (an event the coordinator emits
+from a timer, or re-publishes from its outbox, carries its saga's), otherwise none: a new
+trace.
 
 Handling makes a CONSUMER span ``process {type}`` whose parent is the context extracted from
 the envelope, current while the handler runs, so whatever the handler publishes is its child.
@@ -26,18 +33,28 @@ from collections.abc import Collection
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from bus.base import DeadLetter, DeliveryObserver, Handler, ObservableTransport, Transport, observe
+from bus.base import (
+    DeadLetter,
+    DeliveryObserver,
+    Destination,
+    Handler,
+    ObservableTransport,
+    Transport,
+    observe,
+)
 from events.envelope import Envelope
-from service.telemetry.otel import Instruments, record_error
+from service.telemetry.otel import Instruments, extract, record_error, with_current_context
 from service.telemetry.redaction import Redactor
 from service.telemetry.saga import SagaObserver
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+__all__ = [
+    "EPHEMERAL_GROUP", "DeliveryMetrics", "InstrumentedTransport", "destination_of", "extract",
+    "messaging_system",
+]
+
 _SYSTEMS = {
     "RabbitMQTransport": "rabbitmq", "ServiceBusTransport": "servicebus",
     "InMemoryTransport": "ai_apps.memory",
@@ -51,14 +68,11 @@ def messaging_system(transport: object) -> str:
     return _SYSTEMS.get(type(transport).__name__, type(transport).__name__.lower())
 
 
-def extract(envelope: Envelope) -> Context:
-    """The trace context an envelope carries (an empty context when it carries none)."""
-    if not envelope.traceparent:
-        return Context()
-    carrier = {"traceparent": envelope.traceparent}
-    if envelope.tracestate:
-        carrier["tracestate"] = envelope.tracestate
-    return _PROPAGATOR.extract(carrier, context=Context())
+def destination_of(transport: object, system: str) -> Destination:
+    """The transport's :class:`~bus.base.Destination` (its ``destination`` attribute), else one
+    named for its messaging system."""
+    destination = getattr(transport, "destination", None)
+    return destination if isinstance(destination, Destination) else Destination(system)
 
 
 class DeliveryMetrics:
@@ -67,30 +81,36 @@ class DeliveryMetrics:
     group and error class. Only ephemeral groups drop, and their names are random: drops are
     labelled :data:`EPHEMERAL_GROUP`, as the other metrics label those groups."""
 
-    def __init__(self, instruments: Instruments, system: str) -> None:
+    def __init__(self, instruments: Instruments, system: str, destination: str | None = None) -> None:
         self.system = system
+        self.destination = destination or system
         self._instruments = instruments
 
-    def _labels(self, group: str, event_type: str, error_class: str) -> dict[str, str]:
+    def _labels(self, operation: str, group: str, event_type: str, error_class: str) -> dict[str, str]:
         return {
-            "messaging.system": self.system, "messaging.destination.name": event_type,
+            "messaging.system": self.system, "messaging.operation.name": operation,
+            "messaging.destination.name": self.destination, "ai_apps.event_type": event_type,
             "messaging.consumer.group.name": group, "error.type": error_class,
         }
 
     def retried(
         self, group: str, event_type: str, *, attempt: int, delay: float, error_class: str
     ) -> None:
-        self._instruments.retried.add(1, self._labels(group, event_type, error_class))
+        self._instruments.retried.add(1, self._labels("retry", group, event_type, error_class))
 
     def dead_lettered(
         self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
     ) -> None:
-        self._instruments.dead_lettered.add(1, self._labels(group, event_type, error_class))
+        self._instruments.dead_lettered.add(
+            1, self._labels("dead_letter", group, event_type, error_class)
+        )
 
     def dropped(
         self, group: str, event_type: str, *, attempts: int, error_class: str, reason: str
     ) -> None:
-        self._instruments.dropped.add(1, self._labels(EPHEMERAL_GROUP, event_type, error_class))
+        self._instruments.dropped.add(
+            1, self._labels("drop", EPHEMERAL_GROUP, event_type, error_class)
+        )
 
 
 class InstrumentedTransport:
@@ -118,13 +138,20 @@ class InstrumentedTransport:
     ) -> None:
         self.inner = inner
         self.system = system or messaging_system(inner)
+        self.destination = destination_of(inner, self.system)
         self.recording = recording
         self.redactor = redactor or Redactor()
         """What an exception recorded on a span is passed through (spans are exported)."""
         self._tracer = tracer
         self._instruments = instruments
         self._sagas = sagas
-        self.delivery_metrics = DeliveryMetrics(instruments, self.system)
+        self.delivery_metrics = DeliveryMetrics(instruments, self.system, self.destination.name)
+        server: dict[str, str | int] = {}
+        if self.destination.server_address is not None:
+            server["server.address"] = self.destination.server_address
+        if self.destination.server_port is not None:
+            server["server.port"] = self.destination.server_port
+        self._server = server
         observe(inner, self.delivery_metrics)
 
     def __getattr__(self, name: str) -> Any:
@@ -138,8 +165,25 @@ class InstrumentedTransport:
     async def close(self) -> None:
         await self.inner.close()
 
+    def _span_attributes(self, operation: str, envelope: Envelope) -> dict[str, str | bool | int]:
+        attributes: dict[str, str | bool | int] = {
+            "messaging.system": self.system,
+            "messaging.operation.type": "send" if operation == "publish" else operation,
+            "messaging.operation.name": operation,
+            "messaging.destination.name": self.destination.name,
+            "ai_apps.event_type": envelope.type,
+            "messaging.message.id": envelope.id,
+            "messaging.message.conversation_id": envelope.correlationid,
+            **self._server,
+        }
+        if self.system == "rabbitmq":
+            attributes["messaging.rabbitmq.destination.routing_key"] = envelope.type
+        return attributes
+
     async def publish(self, envelope: Envelope) -> None:
-        labels = {"messaging.system": self.system, "messaging.destination.name": envelope.type}
+        labels = {"messaging.system": self.system, "messaging.operation.name": "publish",
+                  "messaging.destination.name": self.destination.name,
+                  "ai_apps.event_type": envelope.type}
         if self._sagas is not None:
             self._sagas.published(envelope)
         try:
@@ -147,7 +191,7 @@ class InstrumentedTransport:
                 await self._publish_in_span(envelope)
             else:
                 if envelope.traceparent is None:
-                    envelope = _with_current_context(envelope)
+                    envelope = with_current_context(envelope)
                 await self.inner.publish(envelope)
         except Exception as exc:
             self._instruments.sent.add(1, {**labels, "error.type": type(exc).__name__})
@@ -156,22 +200,22 @@ class InstrumentedTransport:
 
     async def _publish_in_span(self, envelope: Envelope) -> None:
         current = trace.get_current_span().get_span_context().is_valid
-        with self._tracer.start_as_current_span(
-            f"publish {envelope.type}", context=None if current else extract(envelope),
-            kind=SpanKind.PRODUCER, attributes={
-                "messaging.system": self.system,
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "publish",
-                "messaging.destination.name": envelope.type,
-                "messaging.message.id": envelope.id,
-                "messaging.message.conversation_id": envelope.correlationid,
-            }, record_exception=False, set_status_on_exception=False,
-        ) as span:
-            try:
-                await self.inner.publish(_with_current_context(envelope))
-            except Exception as exc:
-                record_error(span, exc, self.redactor)
-                raise
+        # the envelope's context (its baggage too) made current, not only the span's parent
+        token = None if current else context.attach(extract(envelope))
+        try:
+            with self._tracer.start_as_current_span(
+                f"publish {envelope.type}", kind=SpanKind.PRODUCER,
+                attributes=self._span_attributes("publish", envelope),
+                record_exception=False, set_status_on_exception=False,
+            ) as span:
+                try:
+                    await self.inner.publish(with_current_context(envelope))
+                except Exception as exc:
+                    record_error(span, exc, self.redactor)
+                    raise
+        finally:
+            if token is not None:
+                context.detach(token)
 
     async def subscribe(
         self,
@@ -204,36 +248,39 @@ class InstrumentedTransport:
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         moved = await self.inner.redrive(ids, group)
         if moved:
-            self._instruments.redriven.add(moved, {"messaging.system": self.system})
+            self._instruments.redriven.add(moved, {
+                "messaging.system": self.system, "messaging.operation.name": "redrive",
+                "messaging.destination.name": self.destination.name,
+            })
         return moved
 
     def _instrumented(self, group: str, handler: Handler, ephemeral: bool) -> Handler:
         tracer, instruments, sagas, system = self._tracer, self._instruments, self._sagas, self.system
-        redactor = self.redactor
+        redactor, destination, span_attributes = (
+            self.redactor, self.destination.name, self._span_attributes
+        )
         group_label = EPHEMERAL_GROUP if ephemeral else group
         recording = self.recording
 
         async def in_span(envelope: Envelope) -> None:
-            attributes: dict[str, str | bool] = {
-                "messaging.system": system,
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": envelope.type,
-                "messaging.consumer.group.name": group,
-                "messaging.message.id": envelope.id,
-                "messaging.message.conversation_id": envelope.correlationid,
-            }
+            attributes = span_attributes("process", envelope)
+            attributes["messaging.consumer.group.name"] = group
             if ephemeral:
                 attributes["messaging.destination.temporary"] = True
-            with tracer.start_as_current_span(
-                f"process {envelope.type}", context=extract(envelope), kind=SpanKind.CONSUMER,
-                attributes=attributes, record_exception=False, set_status_on_exception=False,
-            ) as span:
-                try:
-                    await handler(envelope)
-                except Exception as exc:
-                    record_error(span, exc, redactor)
-                    raise
+            # the envelope's context is made current (its baggage with it), and the span in it
+            token = context.attach(extract(envelope))
+            try:
+                with tracer.start_as_current_span(
+                    f"process {envelope.type}", kind=SpanKind.CONSUMER, attributes=attributes,
+                    record_exception=False, set_status_on_exception=False,
+                ) as span:
+                    try:
+                        await handler(envelope)
+                    except Exception as exc:
+                        record_error(span, exc, redactor)
+                        raise
+            finally:
+                context.detach(token)
 
         async def in_context(envelope: Envelope) -> None:
             token = context.attach(extract(envelope))
@@ -246,7 +293,8 @@ class InstrumentedTransport:
 
         async def instrumented(envelope: Envelope) -> None:
             labels = {
-                "messaging.system": system, "messaging.destination.name": envelope.type,
+                "messaging.system": system, "messaging.operation.name": "process",
+                "messaging.destination.name": destination, "ai_apps.event_type": envelope.type,
                 "messaging.consumer.group.name": group_label,
             }
             if sagas is not None:
@@ -267,13 +315,3 @@ class InstrumentedTransport:
 
         return instrumented
 
-
-def _with_current_context(envelope: Envelope) -> Envelope:
-    """``envelope`` carrying the current trace context (W3C), if there is one."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
-    if "traceparent" not in carrier:
-        return envelope
-    return envelope.model_copy(
-        update={"traceparent": carrier["traceparent"], "tracestate": carrier.get("tracestate")}
-    )

@@ -34,7 +34,7 @@ DEAD_LETTERED = "ai_apps.messaging.dead_lettered"
 DROPPED = "ai_apps.messaging.dropped"
 HANDLER_ERRORS = "ai_apps.messaging.handler.errors"
 INQUIRY = InquiryReceived.event_type
-SHORT = {"system": "messaging.system", "type": "messaging.destination.name",
+SHORT = {"system": "messaging.system", "type": "ai_apps.event_type",
          "group": "messaging.consumer.group.name", "error": "error.type"}
 INVALID_INQUIRY = (
     b'{"specversion": "1.0", "id": "1", "source": "/x", "type": "InquiryReceived", '
@@ -125,7 +125,8 @@ class TestOverMemory:
         points = Points(reader)
         assert len(calls) == 3
         assert points.labels(RETRIED) == [{
-            "messaging.system": "ai_apps.memory", "messaging.destination.name": INQUIRY,
+            "messaging.system": "ai_apps.memory", "messaging.operation.name": "retry",
+            "messaging.destination.name": "memory", "ai_apps.event_type": INQUIRY,
             "messaging.consumer.group.name": "g", "error.type": "RuntimeError",
         }]
         assert points.total(RETRIED) == 2
@@ -199,7 +200,8 @@ class TestOverMemory:
         points = Points(reader)
         assert calls == [1]
         assert points.labels(DROPPED) == [{
-            "messaging.system": "ai_apps.memory", "messaging.destination.name": INQUIRY,
+            "messaging.system": "ai_apps.memory", "messaging.operation.name": "drop",
+            "messaging.destination.name": "memory", "ai_apps.event_type": INQUIRY,
             "messaging.consumer.group.name": EPHEMERAL_GROUP, "error.type": "RuntimeError",
         }]
         assert points.total(DROPPED) == 1
@@ -357,3 +359,52 @@ async def test_over_the_fake_service_bus(metered: Telemetry, reader: InMemoryMet
     assert points.total(DEAD_LETTERED, type=INQUIRY,
                         error="DecodeError") == 1
     assert points.total(DEAD_LETTERED) == 2
+
+
+@pytest.mark.rabbitmq
+async def test_spans_over_rabbitmq_name_the_exchange_routing_key_and_broker(
+    rabbit: RabbitMQTransport,
+) -> None:
+    """``messaging.destination.name`` is the exchange, the routing key the event type, and
+    ``server.address``/``server.port`` the broker's, as the transport says."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from yarl import URL
+
+    spans = InMemorySpanExporter()
+    telemetry = Telemetry(TelemetrySettings(enabled=True), span_exporter=spans)
+    bus = telemetry.instrument_transport(rabbit)
+    got: list[str] = []
+
+    async def handler(env: Envelope) -> None:
+        got.append(env.id)
+
+    await bus.subscribe("g", [INQUIRY], handler)
+    try:
+        await bus.start()
+        await bus.publish(inquiry(1))
+        await eventually(lambda: bool(got))
+    finally:
+        await bus.close()
+        telemetry.shutdown()
+    broker = URL(amqp_url())
+    finished = spans.get_finished_spans()
+    assert {s.name for s in finished} == {f"publish {INQUIRY}", f"process {INQUIRY}"}
+    for span in finished:
+        assert span.attributes is not None
+        assert span.attributes["messaging.destination.name"] == rabbit.exchange_name
+        assert span.attributes["messaging.rabbitmq.destination.routing_key"] == INQUIRY
+        assert span.attributes["server.address"] == broker.host
+        assert span.attributes["server.port"] == (broker.port or 5672)
+
+
+def test_the_service_bus_destination_is_its_topic_on_its_namespace() -> None:
+    from bus.base import Destination
+    from bus.servicebus import ServiceBusTransport
+
+    by_string = ServiceBusTransport(
+        "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=s=",
+        topic="events",
+    )
+    assert by_string.destination == Destination("events", "acme.servicebus.windows.net")
+    by_namespace = ServiceBusTransport(namespace="acme", credential=object())
+    assert by_namespace.destination == Destination("ai-apps", "acme.servicebus.windows.net")

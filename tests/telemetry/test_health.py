@@ -147,7 +147,8 @@ class TestPrometheusEndpoint:
             url = f"http://127.0.0.1:{port}/metrics"
             body = await asyncio.to_thread(fetch, url)
             assert b'messaging_client_sent_messages_total{' in body
-            assert b'messaging_destination_name="InquiryReceived"' in body
+            assert b'ai_apps_event_type="InquiryReceived"' in body
+            assert b'messaging_operation_name="publish"' in body
         finally:
             telemetry.shutdown()
 

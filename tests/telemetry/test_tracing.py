@@ -19,7 +19,7 @@ from bus import InMemoryTransport, RetryPolicy
 from events import BlobRef, Envelope, ResponseReady
 from events.common import ProviderInfo, Usage
 from saga.cost import Price, PriceTable
-from service.telemetry import Telemetry, TelemetrySettings
+from service.telemetry import ProviderCall, Telemetry, TelemetrySettings
 from service.testing import FakeService, make_inquiry
 from tests.telemetry.conftest import attr, by_kind, instrument
 
@@ -109,7 +109,9 @@ class TestOneTrace:
         (publish,) = [s for s in finished if s.name == "publish GenerateResponseRequested"]
         assert attr(publish, "messaging.system") == "ai_apps.memory"
         assert attr(publish, "messaging.operation.type") == "send"
-        assert attr(publish, "messaging.destination.name") == "GenerateResponseRequested"
+        assert attr(publish, "messaging.destination.name") == "memory"
+        assert attr(publish, "ai_apps.event_type") == "GenerateResponseRequested"
+        assert attr(publish, "messaging.rabbitmq.destination.routing_key") is None
         assert attr(publish, "messaging.message.conversation_id") == "inq-1"
         (chat,) = [s for s in by_kind(finished, SpanKind.CLIENT)
                    if attr(s, "ai_apps.service") == "responder"]
@@ -139,6 +141,12 @@ class TestOneTrace:
         calls = [s for s in by_kind(finished, SpanKind.CLIENT) if attr(s, "ai_apps.service") == "responder"]
         assert [c.status.status_code for c in calls] == [StatusCode.ERROR, StatusCode.UNSET]
         assert attr(calls[0], "error.type") == "transient"
+        # the failed call named no model (the fake has no configured one): none is made up
+        assert calls[0].name == "chat"
+        assert attr(calls[0], "gen_ai.request.model") is None
+        assert attr(calls[0], "gen_ai.response.model") is None
+        assert calls[1].name == "chat fake-1"
+        assert attr(calls[1], "gen_ai.response.model") == "fake-1"
         assert len({s.context.trace_id for s in finished}) == 1
 
 
@@ -556,3 +564,126 @@ class TestCancelledDelivery:
         assert sample(text, "ai_apps_provider_calls_total", ai_apps_service="translation") == 1
         assert sample(text, "ai_apps_actor_inbox_replays_total",
                       ai_apps_service="translation") == 1
+
+
+class TestGenAiConventions:
+    def call(self, **fields: object) -> ProviderCall:
+        values: dict[str, object] = {
+            "service": "responder", "operation": "respond", "request_type": "GenerateResponseRequested",
+            "started_ns": 1_000_000_000, "ended_ns": 1_500_000_000, "ok": True, "error_class": None,
+            "message": "", "provider": "azure-openai", "model": "gpt-4o-mini",
+            "usage": Usage(input_tokens=10, output_tokens=5), "correlation_id": "c", "tenant": "t",
+        }
+        values.update(fields)
+        return ProviderCall(**values)  # type: ignore[arg-type]
+
+    def test_provider_names_and_models_follow_the_conventions(
+        self, telemetry: Telemetry, spans: InMemorySpanExporter
+    ) -> None:
+        """Well-known provider names where the conventions have one (ours kept beside it),
+        the requested and the reported model, and the advisory duration buckets."""
+        assert telemetry._otel is not None
+        telemetry._otel.provider_call(self.call(
+            request_model="gpt-4o-mini", response_model="gpt-4o-mini-2024-07-18"))
+        telemetry._otel.provider_call(self.call(provider="openai", request_model="llama3"))
+        telemetry._otel.provider_call(self.call(provider="azure", service="translation",
+                                                operation="translate_in"))
+        azure, compatible, translator = spans.get_finished_spans()
+        assert azure.name == "chat gpt-4o-mini"
+        assert attr(azure, "gen_ai.provider.name") == "azure.ai.openai"
+        assert attr(azure, "ai_apps.provider") == "azure-openai"
+        assert attr(azure, "gen_ai.request.model") == "gpt-4o-mini"
+        assert attr(azure, "gen_ai.response.model") == "gpt-4o-mini-2024-07-18"
+        assert attr(compatible, "gen_ai.provider.name") == "openai"
+        assert attr(compatible, "gen_ai.response.model") is None
+        assert translator.name == "translate"
+        assert attr(translator, "gen_ai.provider.name") == "azure"
+        assert attr(translator, "gen_ai.request.model") is None
+        text = telemetry.metrics_text().decode()
+        assert 'gen_ai_client_operation_duration_seconds_bucket{' in text
+        assert 'le="81.92"' in text
+        assert 'gen_ai_request_model="unknown"' not in text
+        assert sample(text, "gen_ai_client_operation_duration_seconds_count",
+                      gen_ai_provider_name="azure", ai_apps_service="translation") == 1
+
+
+class TestPropagators:
+    async def hop(self, telemetry: Telemetry) -> tuple[Envelope, str | None]:
+        """A handler with baggage in its context publishes a follow-up; returns it and the
+        baggage the next handler sees."""
+        from opentelemetry import baggage, context
+
+        inner = InMemoryTransport(drain_timeout=0)
+        bus = telemetry.instrument_transport(inner)
+        seen: list[tuple[Envelope, str | None]] = []
+
+        async def first(envelope: Envelope) -> None:
+            token = context.attach(baggage.set_baggage("ai_apps.tenant_tier", "gold"))
+            try:
+                await bus.publish(Envelope.new(make_inquiry("inq-2"), correlationid="inq-2"))
+            finally:
+                context.detach(token)
+
+        async def second(envelope: Envelope) -> None:
+            value = baggage.get_baggage("ai_apps.tenant_tier")
+            seen.append((envelope, str(value) if value is not None else None))
+
+        await bus.subscribe("first", ["ResponseReady"], first)
+        await bus.subscribe("second", ["InquiryReceived"], second)
+        await bus.start()
+        done = ResponseReady(inquiry_id="inq-1", text="hi", language="en", confidence=1,
+                             escalation_required=False, processing_time_ms=1)
+        try:
+            await bus.publish(Envelope.new(done, correlationid="inq-1"))
+            await inner.idle(5)
+        finally:
+            await bus.close()
+        (got,) = seen
+        return got
+
+    async def test_baggage_travels_with_the_trace_by_default(self, telemetry: Telemetry) -> None:
+        """The default propagators (``OTEL_PROPAGATORS`` unset: tracecontext,baggage) carry
+        baggage in the envelope to the next handler."""
+        envelope, tier = await self.hop(telemetry)
+        assert envelope.baggage == "ai_apps.tenant_tier=gold"
+        assert envelope.traceparent is not None
+        assert tier == "gold"
+
+    async def test_the_configured_propagators_are_honoured(
+        self, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the propagators ``OTEL_PROPAGATORS=tracecontext`` makes, no baggage is
+        carried; the trace still is."""
+        from opentelemetry import propagate
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT",
+                            CompositePropagator([TraceContextTextMapPropagator()]))
+        envelope, tier = await self.hop(telemetry)
+        assert envelope.baggage is None
+        assert tier is None
+        assert envelope.traceparent is not None
+
+    async def test_without_a_w3c_propagator_the_envelope_still_carries_the_trace(
+        self, telemetry: Telemetry, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``OTEL_PROPAGATORS=none`` (or a format the envelope has no field for): the
+        envelope's W3C ``traceparent`` keeps one trace across the bus."""
+        from opentelemetry import propagate
+        from opentelemetry.propagators.composite import CompositePropagator
+
+        monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([]))
+        await self.hop(telemetry)
+        assert len({s.context.trace_id for s in spans.get_finished_spans()}) == 1
+
+    def test_the_gateway_reads_the_configured_propagators(self) -> None:
+        """With telemetry on, the incoming headers are read by the propagators: baggage too."""
+        from service.telemetry.propagation import incoming
+
+        headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                   "baggage": "helpdesk.queue=billing"}
+        traceparent, _, carried = incoming(headers, otel=True)
+        assert traceparent == headers["traceparent"]
+        assert carried == "helpdesk.queue=billing"
+        assert incoming(headers, otel=False) == (headers["traceparent"], None, None)
