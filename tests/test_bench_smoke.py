@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import hop, inflight, run, saga_overhead, scaleout
+from bench import hop, inflight, run, saga_overhead, scaleout, telemetry
 from bench.cpu_provider import CpuBoundAnalyzer, burn
 from saga.workflows.support import support_workflow
 
@@ -73,6 +73,23 @@ async def test_rabbitmq_hop_runs(tmp_path: Path) -> None:
     assert rabbit["ours"]["median"] > 0
     assert rabbit["baseline"]["median"] > 0
     assert "| rabbitmq |" in hop.table(result)
+
+
+# -- telemetry ----------------------------------------------------------------------------------
+
+
+async def test_telemetry_overhead_runs(tmp_path: Path) -> None:
+    """Off, on without an exporter and on with one, each against off; the table builds."""
+    result = await telemetry.run(n=20, rounds=1, out_dir=tmp_path, quiet=True)
+    variants = result["variants"]
+    assert list(variants) == ["off", "on", "exporter"]
+    assert variants["off"]["paired_ratio_median"] == 1.0
+    for v in variants.values():
+        assert v["median"] > 0
+        assert v["cpu_us_per_event_median"] > 0
+    saved = _load(result["path"])
+    assert saved["variants"]["on"]["median"] == variants["on"]["median"]  # type: ignore[index]
+    assert "| on, in-memory span exporter |" in telemetry.table(result)
 
 
 def test_cli_arguments() -> None:
@@ -208,13 +225,15 @@ async def test_report_builds_from_results(tmp_path: Path) -> None:
     await saga_overhead.run(n=2, latency=0.01, only=["memory"], warmup=1, out_dir=results,
                             quiet=True)
     await inflight.run(n=10, latency=0.02, out_dir=results, quiet=True)
+    await telemetry.run(n=10, rounds=1, out_dir=results, quiet=True)
     report = run.build_report(results, tmp_path / "docs", invoked="pytest")
     text = report.read_text()
     for heading in ("## Headline", "## Reading the noise", "## 1. Hop throughput",
-                    "## 2. Saga overhead", "## 3. Sagas in flight"):
+                    "## 2. Saga overhead", "## 3. Sagas in flight", "## 5. Telemetry overhead"):
         assert heading in text
+    assert "| telemetry, in-process hop |" in text
     assert "Not run yet" in text  # scale-out has no result here
     assert "### Beyond one machine" not in text
-    for plot in ("hop.png", "saga.png", "inflight.png"):
+    for plot in ("hop.png", "saga.png", "inflight.png", "telemetry.png"):
         assert (tmp_path / "docs" / plot).stat().st_size > 0
         assert f"]({plot})" in text
