@@ -20,18 +20,18 @@ from service.settings import Settings
 from service.telemetry.redaction import Redactor
 from service.telemetry.settings import TelemetrySettings
 
-try:  # the API alone is light; it is there whenever the otel extra is
-    from opentelemetry import trace as _otel_trace
-except ImportError:  # pragma: no cover - the base install
-    _otel_trace = None  # type: ignore[assignment]
-
 
 def add_trace_context(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Processor: ``trace_id`` and ``span_id`` of the current span, W3C hex, if there is one."""
-    if _otel_trace is not None:
-        context = _otel_trace.get_current_span().get_span_context()
+    """Processor: ``trace_id`` and ``span_id`` of the current span, W3C hex, if there is one.
+
+    OpenTelemetry is not imported for it: with telemetry off nothing has imported it, and
+    then there is no span to name (a context can only be current if some code of
+    OpenTelemetry made it so)."""
+    otel_trace = sys.modules.get("opentelemetry.trace")
+    if otel_trace is not None:
+        context = otel_trace.get_current_span().get_span_context()
         if context.is_valid:
             event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
             event_dict.setdefault("span_id", format(context.span_id, "016x"))

@@ -56,6 +56,39 @@ class TestBaseInstall:
         assert "pip install 'ai-apps[otel]'" in done.stdout
 
 
+OFF_SCRIPT = textwrap.dedent("""
+    import asyncio, sys, tempfile
+    from pathlib import Path
+
+    import structlog
+    from service.logs import configure_logging
+    from service.testing import FakeService, make_inquiry
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            svc = FakeService(Path(tmp), log_format="json", log_level="INFO")
+            configure_logging(svc.settings)
+            async with svc:
+                await svc.submit(make_inquiry(language="en"))
+                await svc.wait("inq-1", timeout=10)
+            structlog.get_logger("t").info("done", health=svc.telemetry.health()["status"])
+
+    asyncio.run(main())
+    print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+""")
+
+
+class TestTelemetryOff:
+    def test_with_the_extra_installed_telemetry_off_imports_nothing_of_opentelemetry(self) -> None:
+        """Logging (trace ids included), a whole inquiry and the health report, with the
+        ``otel`` extra installed and telemetry off: no OpenTelemetry module is loaded."""
+        done = subprocess.run([sys.executable, "-c", OFF_SCRIPT], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert '"event": "done"' in done.stderr
+        assert done.stdout.strip() == "[]"
+
+
 class TestPublicNames:
     def test_pinned(self) -> None:
         assert service.telemetry.__all__ == [

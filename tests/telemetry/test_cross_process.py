@@ -19,18 +19,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service import Service, Settings
+from service import Service
 from service.telemetry import Telemetry
 from service.testing import make_inquiry
 from tests.distributed.cluster import Cluster
 
-pytestmark = [
-    pytest.mark.otel, pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow,
-    pytest.mark.skipif(
-        "telemetry" not in Settings.model_fields,
-        reason="service.wiring does not build Telemetry from settings yet (issue 5 wiring patch)",
-    ),
-]
+pytestmark = [pytest.mark.otel, pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow]
 
 CONSUMER, PRODUCER, CLIENT = 5, 4, 3  # OTLP span kinds
 
