@@ -20,7 +20,14 @@ from saga.recorder import causal_order
 from service.logs import configure_logging
 from service.settings import REPO_ROOT, Settings
 from service.timeline import saga_summary, timeline_rows
-from service.wiring import ConfigurationError, Service, make_store, make_transport
+from service.wiring import (
+    ACTOR_ALIASES,
+    ALL_SERVICES,
+    ConfigurationError,
+    Service,
+    make_store,
+    make_transport,
+)
 
 app = typer.Typer(
     help="ai-apps: AI services as actors on a message bus, coordinated by sagas.",
@@ -296,17 +303,23 @@ async def _serve(svc: Service) -> None:
     err.print(f"stopped in {loop.time() - stopping:.1f}s")
 
 
+_ACTORS_HELP = (
+    "Comma-separated actors to run: " + ", ".join(ALL_SERVICES) + " ("
+    + ", ".join(f"{alias} = {name}" for alias, name in ACTOR_ALIASES.items()) + ")."
+)
+
+
 @app.command()
 def worker(
-    actors: Annotated[str, typer.Option(
-        help="Comma-separated actors to run: language, vision, translation, responder, speech.",
-    )] = "language,vision,translation,responder,speech",
+    actors: Annotated[str, typer.Option(help=_ACTORS_HELP)] = "language,vision,translation,responder,speech",
 ) -> None:
     """Run a group of actors (competing consumers on the bus) until stopped."""
     settings = _settings()
     chosen = [a.strip() for a in actors.split(",") if a.strip()]
+    if not chosen:
+        raise _fail("--actors: name at least one actor")
     _require_broker(settings, "worker")
-    _run(_serve(Service(settings, coordinator=False, actors=chosen)))
+    _run(_serve(_role(settings, coordinator=False, actors=chosen)))
 
 
 @app.command()
@@ -314,7 +327,16 @@ def coordinator() -> None:
     """Run the saga coordinator and the event recorder until stopped."""
     settings = _settings()
     _require_broker(settings, "coordinator")
-    _run(_serve(Service(settings, coordinator=True, actors=[])))
+    _run(_serve(_role(settings, coordinator=True, actors=[])))
+
+
+def _role(settings: Settings, *, coordinator: bool, actors: list[str]) -> Service:
+    """The :class:`Service` of one role; a configuration error is one ``error:`` line (exit 2),
+    not a traceback."""
+    try:
+        return Service(settings, coordinator=coordinator, actors=actors)
+    except ConfigurationError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _require_broker(settings: Settings, role: str) -> None:

@@ -66,6 +66,29 @@ ALL_SERVICES: dict[str, type[Actor]] = {**SERVICES, **CREATIVE_SERVICES}
 """Every actor by service name: the support capabilities and the creative ones."""
 KNOWN_GROUPS = (COORDINATOR_GROUP, RECORDER_GROUP, *(f"actor.{s}" for s in ALL_SERVICES))
 """The subscriber groups of a deployment, whose dead letters ``ai-apps dlq`` looks at."""
+ACTOR_ALIASES = {"ocr": "vision"}
+"""Other names an actor answers to in ``ai-apps worker --actors``: OCR is done by the vision
+actor (its image analysis reads the text in the image), so ``ocr`` runs ``vision``."""
+
+
+def actor_names(names: Iterable[str]) -> list[str]:
+    """``names`` with aliases resolved (:data:`ACTOR_ALIASES`), each once, in their order.
+    Raises :class:`ConfigurationError` naming every actor (and alias) for an unknown one."""
+    chosen: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        service = ACTOR_ALIASES.get(name, name)
+        if service not in ALL_SERVICES:
+            unknown.append(name)
+        elif service not in chosen:
+            chosen.append(service)
+    if unknown:
+        aliases = ", ".join(f"{a}={s}" for a, s in sorted(ACTOR_ALIASES.items()))
+        raise ConfigurationError(
+            f"unknown actors {unknown}; choose from {', '.join(ALL_SERVICES)} "
+            f"(aliases: {aliases})"
+        )
+    return chosen
 
 
 class ConfigurationError(AiAppsError):
@@ -138,7 +161,8 @@ def make_actors(
     cache: Any = None,
     clock: Clock | None = None,
 ) -> list[Actor]:
-    """The actors of ``services`` (all by default), each with the provider chosen for it.
+    """The actors of ``services`` (all by default; an alias of :data:`ACTOR_ALIASES`, such as
+    ``ocr``, names its actor), each with the provider chosen for it.
     ``overrides`` maps a service to a ready provider object (tests pass fakes this way).
 
     With the result cache on (``settings.cost.cache``), each deterministic provider is wrapped
@@ -147,10 +171,7 @@ def make_actors(
     a ready :class:`actors.cache.ResultCache` to use instead (its ``stats`` are the meter); the
     cache wrappers close it with the last of them. ``clock`` (the service's) times the
     cache's single-flight, as it times the step timeouts."""
-    chosen = list(services) if services is not None else list(ALL_SERVICES)
-    unknown = [s for s in chosen if s not in ALL_SERVICES]
-    if unknown:
-        raise ConfigurationError(f"unknown actors {unknown}; choose from {sorted(ALL_SERVICES)}")
+    chosen = actor_names(services) if services is not None else list(ALL_SERVICES)
     overrides = overrides or {}
     from actors.providers import fake
 
