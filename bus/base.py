@@ -169,6 +169,14 @@ class Transport(Protocol):
         subscriber alone and disappears when it closes (a CLI waiting for its replies); it has
         no dead-letter queue and is not retried."""
 
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        """Make sure durable ``group`` exists and takes ``event_types`` (or
+        :data:`ALL_TYPES`), without consuming: events of those types published from now on
+        are kept for the group until one of its consumers takes them, even if none has ever
+        run. Every process of a deployment declares every group it knows at start, so a
+        message published before its consumer's process starts waits instead of being lost.
+        Idempotent; bindings are only ever added."""
+
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         """Dead-lettered messages, oldest first, optionally of one group."""
 

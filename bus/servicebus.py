@@ -355,6 +355,22 @@ class ServiceBusTransport:
         if self._started:
             await self._setup_group(grp)
 
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        """With ``provision=True``: create or update ``group``'s subscription with the rules
+        for ``event_types`` (and any this transport subscribed the group to), so its events
+        are kept before it has a receiver. Otherwise nothing: the subscriptions are provisioned
+        beforehand (``ai-apps servicebus provision``, for every group of the deployment), and
+        a subscription keeps its messages whether or not anyone receives."""
+        if isinstance(event_types, str):
+            raise TypeError("event_types must be a collection of type names, not a str")
+        known = self._groups.get(group)
+        if known is not None and known.ephemeral:
+            raise ValueError(f"group {group!r} is ephemeral: it cannot be declared")
+        if not self.provision:
+            return
+        types = set(event_types) | (known.types if known is not None else set())
+        await self._ensure_subscription(_Group(group, subscription_name(group), False, types))
+
     # -- observers -------------------------------------------------------------------------
 
     def add_observer(self, observer: DeliveryObserver) -> None:

@@ -61,6 +61,9 @@ class RecordingTransport:
     ) -> None:
         return None
 
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        return None
+
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         return []
 

@@ -33,7 +33,7 @@ from actors.services import (
     TranslationActor,
     VisionActor,
 )
-from bus.base import RetryPolicy, Transport
+from bus.base import ALL_TYPES, RetryPolicy, Transport
 from bus.memory import InMemoryTransport
 from events.campaign import CampaignCancelled, CampaignFailed, CampaignReady
 from events.envelope import Envelope
@@ -327,6 +327,23 @@ def make_actors(
     return actors
 
 
+def deployment_topology(
+    settings: Settings, coordinator: SagaCoordinator | None = None
+) -> dict[str, list[str]]:
+    """Every durable subscriber group of a deployment and the event types it takes: one group
+    per actor the wiring knows (its request type), the saga coordinator's (what its workflows
+    subscribe to; ``coordinator``'s when given) and the event recorder's (every type). Every
+    process declares all of them at start (:meth:`Service.start`), and
+    ``ai-apps servicebus provision`` creates them on Service Bus."""
+    groups = {f"actor.{name}": [actor.consumes.event_type] for name, actor in ALL_SERVICES.items()}
+    if coordinator is None:
+        # built only to ask what it subscribes to: nothing is started
+        coordinator = make_coordinator(settings, InMemoryTransport(), InMemorySagaStore())
+    groups[COORDINATOR_GROUP] = sorted(coordinator.subscribed_types())
+    groups[RECORDER_GROUP] = [ALL_TYPES]
+    return groups
+
+
 def make_coordinator(
     settings: Settings, transport: Transport, store: SagaStore, clock: Clock | None = None
 ) -> SagaCoordinator:
@@ -418,6 +435,11 @@ class Service:
     async def start(self) -> None:
         self.telemetry.start()
         await self.store.open()
+        # the whole topology first, whatever runs here: an inquiry published by a client
+        # before any coordinator ever ran, or a request for a worker group that has not
+        # started yet, waits in its group's durable queue instead of being dropped
+        for group, types in deployment_topology(self.settings, self.coordinator).items():
+            await self.transport.declare(group, types)
         await self.transport.subscribe(
             f"replies.{uuid.uuid4().hex[:12]}", TERMINAL_TYPES, self._on_terminal, ephemeral=True
         )

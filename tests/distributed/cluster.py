@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from saga.state import SagaState, StepStatus
 from service import Service
 from service.processes import ProcessGroup
 
@@ -79,6 +80,27 @@ class Cluster(ProcessGroup):
         finally:
             await conn.close()
         return Counter(r["correlation_id"] for r in rows)
+
+    async def sagas(self) -> list[SagaState]:
+        """Every saga in the shared store, as the coordinators saved it."""
+        conn = await asyncpg.connect(self.store)
+        try:
+            rows = await conn.fetch(f"SELECT state FROM {self.schema}.sagas")
+        finally:
+            await conn.close()
+        return [SagaState.model_validate_json(r["state"]) for r in rows]
+
+    async def redispatched_steps(self) -> list[tuple[str, str, int, str]]:
+        """(saga, step, attempts, status) of every step that was not dispatched exactly once
+        (a step skipped by its condition, or a fan-out parent, is dispatched never and is left
+        out). A request lost on the way and sent again by the saga's deadline shows here."""
+        return [
+            (state.id, step.key, step.attempts, step.status.value)
+            for state in await self.sagas()
+            for step in state.steps.values()
+            if step.status not in (StepStatus.SKIPPED, StepStatus.EXPANDED)
+            and step.attempts != 1
+        ]
 
     async def close(self) -> list[str]:
         killed = await super().close()

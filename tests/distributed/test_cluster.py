@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -18,6 +17,8 @@ from events import InquiryReceived, ResponseReady
 from service.settings import REPO_ROOT
 from service.testing import make_inquiry
 from tests.distributed.cluster import Cluster
+from tests.distributed.cluster import amqp_url as cluster_amqp_url
+from tests.rabbitmqctl import rabbitmqctl, require_restartable
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow]
 
@@ -73,6 +74,7 @@ class TestDistributedRun:
         assert set(counts) == {i.inquiry_id for i in items}
         assert set(counts.values()) == {1}
         assert cluster.double_charges() == []
+        assert await cluster.redispatched_steps() == []
         pids = {c["pid"] for c in cluster.charges() if c["capability"] == "respond"}
         assert len(pids) == 2, "both workers should have taken requests"
 
@@ -100,6 +102,7 @@ class TestDistributedRun:
             counts = await recorded(cluster, 40)
             assert set(counts.values()) == {1}
             assert cluster.double_charges() == []
+            assert await cluster.redispatched_steps() == []
             redone = {json.dumps(c["args"]) for c in in_flight}
             survivors = {json.dumps(c["args"]) for c in cluster.charges()
                          if c["event"] == "charge" and c["pid"] != victim}
@@ -114,8 +117,7 @@ class TestDistributedRun:
 
         Opt-in like the transport's restart test (``AIAPPS_TEST_RESTART_BROKER=1``, set by CI,
         which owns the broker): it breaks every other client of the broker."""
-        if not os.environ.get("AIAPPS_TEST_RESTART_BROKER"):
-            pytest.skip("restarts the shared broker: set AIAPPS_TEST_RESTART_BROKER=1 to run")
+        await require_restartable(cluster_amqp_url())
         cluster = Cluster(tmp_path, AIAPPS_FAKE_LATENCY="0.2")
         try:
             await start(cluster, coordinators=1, workers=2)
@@ -124,16 +126,41 @@ class TestDistributedRun:
             async with asyncio.timeout(30):
                 while not cluster.charges():
                     await asyncio.sleep(0.02)
-            await _rabbitmqctl("stop_app")
+            await rabbitmqctl("stop_app")
             await asyncio.sleep(2)
-            await _rabbitmqctl("start_app")
+            await rabbitmqctl("start_app")
             done = await task
             assert len(done) == 30
+            assert all(isinstance(e.data, ResponseReady) for e in done.values())
+            assert all(e.data.degraded == () for e in done.values())  # type: ignore[union-attr]
             counts = await recorded(cluster, 30)
             assert set(counts.values()) == {1}
             assert cluster.double_charges() == []
+            # nothing lost and sent again by a saga deadline: every step dispatched once
+            assert await cluster.redispatched_steps() == []
         finally:
             await cluster.close()
+
+    async def test_an_inquiry_published_before_any_coordinator_ran_completes(
+        self, cluster: Cluster
+    ) -> None:
+        """On an exchange no process has used yet, a helpdesk publishes an inquiry before any
+        coordinator ever ran: it waits in the coordinator's durable queue (every process
+        declares the whole topology at start). The coordinator then dispatches its requests
+        before any worker ran: they wait in the actors' queues. Once both are up the inquiry
+        completes, every step dispatched once (nothing was lost and sent again)."""
+        async with cluster.client() as client:
+            await client.submit(make_inquiry("early-1", "my order is late", language="es"))
+            cluster.spawn("coordinator-0", "coordinator")
+            await cluster.wait_consumers("saga-coordinator", 1)
+            async with asyncio.timeout(30):  # the coordinator took it and sent the requests
+                while not any(s.id == "early-1" for s in await cluster.sagas()):
+                    await asyncio.sleep(0.1)
+            cluster.spawn("worker-0", "worker", "--actors", ALL)
+            done = await client.wait("early-1", timeout=60)
+        assert isinstance(done.data, ResponseReady)
+        assert done.data.degraded == ()
+        assert await cluster.redispatched_steps() == []
 
     async def test_poison_message_dead_lettered_listed_and_redriven(
         self, cluster: Cluster
@@ -185,9 +212,3 @@ def _cli(cluster: Cluster, *args: str) -> str:
     return result.stdout
 
 
-async def _rabbitmqctl(command: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", command, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert await proc.wait() == 0
