@@ -62,6 +62,7 @@ from saga.store import (
     CostGroup,
     CostRow,
     IdempotencyRecord,
+    Pruned,
     StoreError,
     Timer,
 )
@@ -127,6 +128,8 @@ CREATE TABLE IF NOT EXISTS {s}.inbox (
     body BYTEA,
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+ALTER TABLE {s}.inbox ADD COLUMN IF NOT EXISTS tenant TEXT;
+CREATE INDEX IF NOT EXISTS inbox_recorded ON {s}.inbox (recorded_at);
 CREATE INDEX IF NOT EXISTS events_tenant ON {s}.events (tenant, seq);
 CREATE TABLE IF NOT EXISTS {s}.api_keys (
     key_id TEXT PRIMARY KEY,
@@ -519,7 +522,7 @@ class PostgresSagaStore:
         async with self._connection("forget_idempotency") as conn:
             await conn.execute(self._sql.forget_idempotency, tenant, key)
 
-    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+    async def prune(self, before: datetime, tenant: str | None = None) -> Pruned:
         s = self.schema
         async with self._connection("prune") as conn, conn.transaction():
             events = await conn.execute(
@@ -530,7 +533,17 @@ class PostgresSagaStore:
                 f"DELETE FROM {s}.sagas WHERE status != 'running' AND started_at < $1"
                 " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
             )
-        return int(events.split()[-1]), int(sagas.split()[-1])
+            # a claim without a result is kept while it is live (its worker is working)
+            results = await conn.execute(
+                f"DELETE FROM {s}.inbox WHERE recorded_at < $1"
+                " AND (body IS NOT NULL OR claimed_until <= clock_timestamp())"
+                " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
+            )
+            keys = await conn.execute(
+                f"DELETE FROM {s}.idempotency_keys WHERE created_at < $1"
+                " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
+            )
+        return Pruned(*(int(tag.split()[-1]) for tag in (events, sagas, results, keys)))
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
         async with self._connection("recorded_result") as conn:
@@ -544,7 +557,9 @@ class PostgresSagaStore:
 
     async def record_result(self, request_id: str, result: Envelope) -> None:
         async with self._connection("record_result") as conn:
-            await conn.execute(self._sql.record_result, request_id, encode(result))
+            await conn.execute(
+                self._sql.record_result, request_id, encode(result), result.tenant
+            )
 
     async def cache_get(self, key: str) -> bytes | None:
         s = self._sql.s
@@ -750,7 +765,7 @@ class _Statements:
             " RETURNING request_id"
         )
         self.record_result = (
-            f"INSERT INTO {s}.inbox AS i (request_id, body) VALUES ($1, $2)"
-            " ON CONFLICT (request_id) DO UPDATE SET body = EXCLUDED.body, owner = NULL"
-            " WHERE i.body IS NULL"
+            f"INSERT INTO {s}.inbox AS i (request_id, body, tenant) VALUES ($1, $2, $3)"
+            " ON CONFLICT (request_id) DO UPDATE SET body = EXCLUDED.body, owner = NULL,"
+            " tenant = EXCLUDED.tenant, recorded_at = clock_timestamp() WHERE i.body IS NULL"
         )

@@ -454,7 +454,8 @@ class Service:
         await self.transport.start()
 
     async def _prune_forever(self) -> None:
-        """Retention: every hour, drop events and finished sagas past their age."""
+        """Retention: every hour, drop what is past its age (:meth:`SagaStore.prune`: events,
+        finished sagas, inbox results, idempotency keys)."""
         from datetime import UTC, datetime, timedelta
 
         import structlog
@@ -464,9 +465,9 @@ class Service:
         log = structlog.get_logger("service.retention")
         while True:
             try:
-                events, sagas = await self.store.prune(datetime.now(UTC) - age)
-                if events or sagas:
-                    log.info("pruned", events=events, sagas=sagas)
+                pruned = await self.store.prune(datetime.now(UTC) - age)
+                if any(pruned):
+                    log.info("pruned", **pruned._asdict())
             except Exception:  # a failed prune is retried next hour, never fatal
                 log.exception("retention prune failed")
             await asyncio.sleep(3600)
