@@ -178,7 +178,15 @@ class InMemoryTransport:
     # -- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        return [d for d in self._dead if group is None or d.group == group]
+        return await self.peek_dead_letters(group)
+
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
+        letters = [d for d in self._dead if group is None or d.group == group]
+        return letters[:limit] if limit is not None else letters
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         chosen = [

@@ -361,47 +361,83 @@ class RabbitMQTransport:
     # -- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        """Dead letters, oldest first. They stay in their queues: each is read unacknowledged
-        on a private channel that is then closed, which returns them to the broker."""
+        """Every dead letter, oldest first (see :meth:`peek_dead_letters`)."""
+        return await self.peek_dead_letters(group)
+
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (all with None), oldest first. They stay in their
+        queues: each is read unacknowledged (``basic.get``, at most ``limit`` of each queue)
+        on a private channel that is then closed, which returns them to the broker. While a
+        listing holds them they are invisible to everyone else: a concurrent listing does not
+        show them and a concurrent :meth:`redrive` does not find them."""
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
         await self._connect()
         letters: list[DeadLetter] = []
         for name in self._dlq_groups(group):
             async with self._scratch_channel() as channel:
-                messages = await self._drain_dlq(channel, name)
+                messages = await self._drain_dlq(channel, name, limit)
                 letters.extend(_dead_letter_of(name, m) for m in messages or ())
         letters.sort(key=lambda d: d.time)
-        return letters
+        return letters[:limit] if limit is not None else letters
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         """Publish the chosen dead letters to their group's queue with a fresh attempt count
-        (confirmed), then remove them from the dead-letter queue. Returns how many."""
+        (confirmed), then remove them from the dead-letter queue. Returns how many.
+
+        Each DLQ is read one message at a time: a chosen one is re-driven and acked at once,
+        one passed over stays unacknowledged on a private channel until that queue is done
+        (then it goes back, in place). With ``ids`` the reading stops as soon as every id is
+        found; without, it re-drives as many as the queue held when it began, so letters
+        dead-lettered again meanwhile are not re-driven in a loop. A letter held at that
+        moment by a concurrent listing is not found (and not counted)."""
         await self._connect()
         wanted = None if ids is None else set(ids)
         moved = 0
         for name in self._dlq_groups(group):
-            if wanted is not None and moved >= len(wanted):
+            if wanted is not None and not wanted:
                 break
             async with self._scratch_channel() as channel:
-                messages = await self._drain_dlq(channel, name)
-                chosen = [
-                    m for m in messages or ()
-                    if wanted is None or _dead_letter_id(m) in wanted
-                ]
-                if not chosen:
-                    continue
-                target = f"{self.exchange_name}.{name}"
+                moved += await self._redrive_group(channel, name, wanted)
+        return moved
+
+    async def _redrive_group(
+        self, channel: AbstractChannel, group: str, wanted: set[str] | None
+    ) -> int:
+        try:
+            dlq = await channel.declare_queue(f"{self.exchange_name}.{group}.dlq", passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+        budget = dlq.declaration_result.message_count or 0
+        target = f"{self.exchange_name}.{group}"
+        target_checked = False
+        moved = 0
+        for _ in range(budget):
+            if wanted is not None and not wanted:
+                break
+            message = await dlq.get(no_ack=False, fail=False, timeout=10)
+            if message is None:
+                break
+            letter_id = _dead_letter_id(message)
+            if wanted is not None and letter_id not in wanted:
+                continue  # held until the channel closes, then back in its place
+            if not target_checked:
                 try:
                     await channel.declare_queue(target, passive=True)
                 except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                    raise TransportError(f"group {name!r} has no queue {target!r}") from exc
-                for message in chosen:
-                    headers = {
-                        k: v for k, v in message.headers.items()
-                        if k not in _DEAD_HEADERS and not _is_broker_death(k)
-                    }
-                    await self._confirm_default(_copy(message, headers), target)
-                    await message.ack()
-                    moved += 1
+                    raise TransportError(f"group {group!r} has no queue {target!r}") from exc
+                target_checked = True
+            headers = {
+                k: v for k, v in message.headers.items()
+                if k not in _DEAD_HEADERS and not _is_broker_death(k)
+            }
+            await self._confirm_default(_copy(message, headers), target)
+            await message.ack()
+            moved += 1
+            if wanted is not None:
+                wanted.discard(letter_id)
         return moved
 
     # -- introspection ---------------------------------------------------------------------
@@ -564,19 +600,21 @@ class RabbitMQTransport:
         return sorted(names)
 
     async def _drain_dlq(
-        self, channel: AbstractChannel, group: str
+        self, channel: AbstractChannel, group: str, limit: int | None = None
     ) -> list[AbstractIncomingMessage] | None:
-        """Every message of ``group``'s DLQ, unacknowledged; None when there is no DLQ."""
+        """The first ``limit`` (every) message of ``group``'s DLQ, unacknowledged; None when
+        there is no DLQ."""
         try:
             queue = await channel.declare_queue(f"{self.exchange_name}.{group}.dlq", passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
         messages: list[AbstractIncomingMessage] = []
-        while True:
+        while limit is None or len(messages) < limit:
             message = await queue.get(no_ack=False, fail=False, timeout=10)
             if message is None:
-                return messages
+                break
             messages.append(message)
+        return messages
 
     # -- internals: delivery ---------------------------------------------------------------
 

@@ -67,6 +67,11 @@ class RecordingTransport:
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         return []
 
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        return []
+
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         return 0
 

@@ -353,9 +353,15 @@ def _require_broker(settings: Settings, role: str) -> None:
 @dlq_app.command("list")
 def dlq_list(
     group: Annotated[str | None, typer.Option(help="Only this subscriber group.")] = None,
+    limit: Annotated[int, typer.Option(
+        min=1, help="Show the oldest N (at most N are read from each dead-letter queue).",
+    )] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show dead-lettered messages: id, type, group, reason, attempts, time."""
+    """Show the oldest dead-lettered messages: id, type, group, reason, attempts, time.
+
+    They stay where they are; while the listing reads them (a moment) they are invisible to
+    others, so a `dlq redrive` running at that very time may not find one (run it again)."""
     settings = _settings()
     _require_broker(settings, "dlq list")
 
@@ -363,11 +369,13 @@ def dlq_list(
         transport = make_transport(settings)
         await transport.start()
         try:
-            return await transport.dead_letters(group)
+            return await transport.peek_dead_letters(group, limit)
         finally:
             await transport.close()
 
     letters = _run(load())
+    if len(letters) == limit:
+        err.print(f"the oldest {limit} shown; --limit N shows more")
     if as_json:
         sys.stdout.write(json.dumps([
             {"id": d.id, "group": d.group, "type": d.event_type, "reason": d.reason,
@@ -388,7 +396,11 @@ def dlq_redrive(
     ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids; none: all.")] = None,
     group: Annotated[str | None, typer.Option(help="Only this subscriber group.")] = None,
 ) -> None:
-    """Send dead-lettered messages back to their group's queue for another try."""
+    """Send dead-lettered messages back to their group's queue for another try.
+
+    With ids, each queue is read only until they are all found. Without, every letter there
+    when it starts is re-driven (not those that fail again meanwhile). Exits 1 if an id was
+    not found: re-driven already, or held for a moment by a `dlq list` running now."""
     settings = _settings()
     _require_broker(settings, "dlq redrive")
 
@@ -400,7 +412,11 @@ def dlq_redrive(
         finally:
             await transport.close()
 
-    out.print(f"re-driven: {_run(redrive())}")
+    moved = _run(redrive())
+    out.print(f"re-driven: {moved}")
+    if ids and moved < len(set(ids)):
+        raise _fail(f"{len(set(ids)) - moved} of the ids not found (re-driven already, or "
+                    "held by a `dlq list` running now: try again)", 1)
 
 
 @providers_app.command("check")

@@ -145,3 +145,52 @@ class TestWorkerProcess:
             assert proc.returncode == 0, group.log("worker")
         finally:
             await group.close()
+
+
+@pytest.mark.rabbitmq
+class TestDeadLetterCommands:
+    def test_list_shows_the_oldest_up_to_its_limit_and_redrive_says_what_it_missed(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`dlq list --limit 2` shows the two oldest of three dead letters (and says more
+        exist); `dlq redrive` of an unknown id exits 1 saying it was not found."""
+        import asyncio
+        import os
+        import uuid
+
+        from bus import RetryPolicy
+        from bus.rabbitmq import RabbitMQTransport
+        from events.errors import InvalidPayload
+        from service.processes import delete_exchange
+        from tests.conformance.transport import dead_letters_eventually, inquiry
+
+        url = os.environ.get("AIAPPS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+        exchange = f"test-{uuid.uuid4().hex[:10]}"
+
+        async def poison() -> None:
+            async def handler(env: object) -> None:
+                raise InvalidPayload("never valid")
+
+            async with RabbitMQTransport(url, exchange=exchange, retry=RetryPolicy(
+                    max_attempts=1)) as t:
+                await t.subscribe("saga-coordinator", ["InquiryReceived"], handler,
+                                  concurrency=1)
+                for i in range(3):
+                    await t.publish(inquiry(correlation=f"dead-{i}"))
+                    await dead_letters_eventually(t, i + 1)
+
+        monkeypatch.setenv("AIAPPS_BUS", url)
+        monkeypatch.setenv("AIAPPS_BUS_EXCHANGE", exchange)
+        try:
+            asyncio.run(poison())
+            listed = runner.invoke(app, ["dlq", "list", "--limit", "2", "--json"])
+            assert listed.exit_code == 0, listed.output
+            rows = json.loads(listed.stdout)
+            assert [r["correlationid"] for r in rows] == ["dead-0", "dead-1"]
+            assert "--limit N shows more" in listed.stderr
+            missed = runner.invoke(app, ["dlq", "redrive", "no-such-id"])
+            assert missed.exit_code == 1
+            assert "re-driven: 0" in missed.output
+            assert "1 of the ids not found" in missed.output
+        finally:
+            asyncio.run(delete_exchange(url, exchange))

@@ -276,6 +276,73 @@ class TestRabbitMQTransport(TransportContract):
         assert await transport.dead_letters() == []
         assert not any("replies.x" in q for q in transport.declared_queues)
 
+    async def test_listing_and_redriving_read_no_further_than_needed(
+        self, transport: RabbitMQTransport, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A listing with a limit takes that many dead letters from a queue, and a re-drive
+        of given ids stops once it found them: the letters behind were never taken (the
+        broker has never handed them out, so they are not flagged as redelivered)."""
+        from events.errors import InvalidPayload
+
+        async def handler(env: Envelope) -> None:
+            raise InvalidPayload("never valid")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler, concurrency=1)
+        await transport.start()
+        dlq = f"{exchange_name}.g.dlq"
+
+        async def dead(prefix: str) -> None:
+            for i in range(4):
+                await transport.publish(inquiry(correlation=f"{prefix}-{i}"))
+            async with asyncio.timeout(10):
+                while await queue_depth(broker, dlq) < 4:
+                    await asyncio.sleep(0.05)
+
+        async def taken_before() -> list[bool]:
+            """Whether each letter, in queue order, was handed out before (then all back)."""
+            channel = await broker.channel()
+            queue = await channel.declare_queue(dlq, passive=True)
+            flags = []
+            while (message := await queue.get(no_ack=False, fail=False, timeout=5)) is not None:
+                flags.append(message.redelivered)
+            await channel.close()
+            return flags
+
+        await dead("listed")
+        (oldest,) = await transport.peek_dead_letters(limit=1)
+        assert oldest.correlationid == "listed-0"
+        assert await taken_before() == [True, False, False, False]
+
+        channel = await broker.channel()
+        await (await channel.declare_queue(dlq, passive=True)).purge()
+        await channel.close()
+        await dead("redriven")
+        (first,) = await transport.peek_dead_letters(limit=1)
+        assert await transport.redrive([first.id]) == 1
+        async with asyncio.timeout(10):  # it fails again: a new letter at the end
+            while await queue_depth(broker, dlq) < 4:
+                await asyncio.sleep(0.05)
+        assert await taken_before() == [False, False, False, False]
+
+    async def test_redrive_of_everything_ends_when_the_cause_persists(
+        self, transport: RabbitMQTransport
+    ) -> None:
+        """Re-driving every letter of a group whose handler still fails re-drives each once:
+        the letters dead-lettered again meanwhile are left for next time."""
+        from events.errors import InvalidPayload
+
+        async def handler(env: Envelope) -> None:
+            raise InvalidPayload("still broken")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        for i in range(3):
+            await transport.publish(inquiry(correlation=f"dead-{i}"))
+        await dead_letters_eventually(transport, 3)
+        assert await transport.redrive(group="g") == 3
+        assert len(await dead_letters_eventually(transport, 3)) == 3
+
     async def test_quorum_queue_group(
         self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
         exchange_name: str,
@@ -338,16 +405,19 @@ class TestRabbitMQTransport(TransportContract):
         from events.errors import InvalidPayload
 
         t = make_transport()
+        deleted = asyncio.Event()
 
         async def handler(env: Envelope) -> None:
             channel = await broker.channel()
             await channel.queue_delete(f"{exchange_name}.g.dlq")
             await channel.close()
+            deleted.set()
             raise InvalidPayload("never valid")
 
         await t.subscribe("g", [InquiryReceived.event_type], handler)
         await t.start()
         await t.publish(inquiry(correlation="bad"))
+        await asyncio.wait_for(deleted.wait(), 5)  # (a listing meanwhile would see it vanish)
         (letter,) = await dead_letters_eventually(t, 1)
         assert letter.correlationid == "bad"
         assert letter.error_class == "InvalidPayload"

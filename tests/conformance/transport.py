@@ -301,6 +301,25 @@ class TransportContract:
         with pytest.raises(ValueError, match="ephemeral"):
             await transport.declare("replies", [InquiryReceived.event_type])
 
+    async def test_peek_dead_letters_reads_the_oldest_few(self, transport: Transport) -> None:
+        """peek_dead_letters gives the oldest ``limit`` dead letters and leaves every one in
+        place; a limit below 1 is refused."""
+
+        async def handler(env: Envelope) -> None:
+            raise Permanent("no use")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler, concurrency=1)
+        await transport.start()
+        for i in range(3):
+            await transport.publish(inquiry(correlation=f"dead-{i}"))
+            await dead_letters_eventually(transport, i + 1)
+        first = await transport.peek_dead_letters(limit=2)
+        assert [d.correlationid for d in first] == ["dead-0", "dead-1"]
+        assert [d.correlationid for d in await transport.peek_dead_letters("g", 1)] == ["dead-0"]
+        assert len(await transport.dead_letters()) == 3
+        with pytest.raises(ValueError, match="limit"):
+            await transport.peek_dead_letters(limit=0)
+
     async def test_wire_format_is_a_structured_cloudevent(self, transport: Transport) -> None:
         """What travels is a CloudEvents 1.0 JSON object with our extensions."""
         body = json.loads(encode(inquiry(7)))
