@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from events.envelope import Envelope, decode
 from saga.state import SagaState, StepStatus
 from service import Service
 from service.processes import ProcessGroup
@@ -89,6 +90,25 @@ class Cluster(ProcessGroup):
         finally:
             await conn.close()
         return [SagaState.model_validate_json(r["state"]) for r in rows]
+
+    async def events(self, correlation_id: str) -> list[Envelope]:
+        """A request's events in the shared event store, in store order."""
+        conn = await asyncpg.connect(self.store)
+        try:
+            rows = await conn.fetch(
+                f"SELECT body FROM {self.schema}.events WHERE correlation_id = $1 ORDER BY seq",
+                correlation_id,
+            )
+        finally:
+            await conn.close()
+        return [decode(r["body"]) for r in rows]
+
+    async def timers_left(self) -> int:
+        conn = await asyncpg.connect(self.store)
+        try:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {self.schema}.timers"))
+        finally:
+            await conn.close()
 
     async def redispatched_steps(self) -> list[tuple[str, str, int, str]]:
         """(saga, step, attempts, status) of every step that was not dispatched exactly once

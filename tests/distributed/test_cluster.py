@@ -78,6 +78,54 @@ class TestDistributedRun:
         pids = {c["pid"] for c in cluster.charges() if c["capability"] == "respond"}
         assert len(pids) == 2, "both workers should have taken requests"
 
+    async def test_two_coordinators_fire_each_deadline_once(self, tmp_path: Path) -> None:
+        """Two coordinator processes on one database, and a responder slower than its step's
+        timeout: each respond dispatch times out exactly once (its deadline fired once, by
+        one coordinator, as their logs show), is retried once, times out again and falls back;
+        every saga ends in one terminal event; both coordinators fired timers; none is left."""
+        cluster = Cluster(
+            tmp_path, AIAPPS_FAKE_LATENCY="0.6", AIAPPS_STEP_TIMEOUTS='{"respond": 0.3}',
+            AIAPPS_STEP_MAX_ATTEMPTS="2", AIAPPS_BREAKER_FAILURE_THRESHOLD="1000000",
+        )
+        try:
+            await start(cluster, coordinators=2, workers=1)
+            items = inquiries(24, "late")
+            async with cluster.client() as client:
+                for item in items:  # spread out, so deadlines come due over many scans
+                    await client.submit(item)
+                    await asyncio.sleep(0.05)
+                done = await asyncio.gather(*(client.wait(i.inquiry_id, 90) for i in items))
+            assert all(isinstance(e.data, ResponseReady) for e in done)
+            assert all(e.data.degraded == ("respond",) for e in done)  # type: ignore[union-attr]
+            counts = await recorded(cluster, 24)
+            assert set(counts.values()) == {1}
+            for state in await cluster.sagas():
+                respond = state.steps["respond"]
+                assert (respond.status.value, respond.attempts) == ("fallback", 2), state.id
+                assert respond.error is not None
+                assert respond.error.error_class == "timeout"
+                # one request per dispatch: a deadline fired twice would have sent a third
+                requests = [e for e in await cluster.events(state.id)
+                            if e.type == "GenerateResponseRequested"]
+                assert len(requests) == 2, state.id
+            assert await cluster.timers_left() == 0
+            # what each coordinator fired, from its log: every timer once, by one of them
+            fired: Counter[tuple[str, str, str, int]] = Counter()
+            by: dict[str, int] = {}
+            for name in ("coordinator-0", "coordinator-1"):
+                lines = [json.loads(line) for line in cluster.log(name).splitlines()
+                         if line.startswith("{")]
+                mine = [(e["saga"], e["step"], e["kind"], e["attempt"]) for e in lines
+                        if e.get("event") == "timer fired"]
+                fired.update(mine)
+                by[name] = len(mine)
+            # per saga: the deadline of each of the two dispatches, and the retry between
+            assert len(fired) == 24 * 3
+            assert set(fired.values()) == {1}, [k for k, n in fired.items() if n > 1]
+            assert all(n > 0 for n in by.values()), f"one coordinator fired nothing: {by}"
+        finally:
+            await cluster.close()
+
     async def test_killed_worker_messages_are_redelivered(self, tmp_path: Path) -> None:
         """kill -9 of a worker holding unacknowledged messages: they go to the other worker;
         every inquiry still ends exactly once; no step is charged twice."""
