@@ -11,12 +11,16 @@ connection pool. What changes with several coordinators, and how it is handled:
   losing coordinator writes nothing, ledger rows included. Under READ COMMITTED the loser of a
   race blocks on the winner's row lock and then re-checks the ``WHERE`` against the committed
   row, so exactly one of them wins.
-* **Timers**: ``claim_timer`` is ``DELETE … WHERE id = $1 RETURNING id``: the row can be deleted
-  once, so exactly one coordinator fires each timer. :meth:`PostgresSagaStore.claim_due_timers`
-  finds and claims due timers in one statement (``FOR UPDATE SKIP LOCKED``), so coordinators
-  scanning at the same time take disjoint batches instead of racing for the same rows. Both are
-  at-most-once: a coordinator that crashes between claiming and saving loses that firing (as
-  with every store; see the coordinator).
+* **Timers** are *leased*, not deleted, when claimed: ``claim_timer`` is ``UPDATE … SET
+  leased_until = now + lease WHERE id = $1 AND leased_until <= now RETURNING id``, so one caller
+  gets it; :meth:`PostgresSagaStore.claim_due_timers` finds and leases due timers in one
+  statement (``FOR UPDATE SKIP LOCKED``), so coordinators scanning at the same time take
+  disjoint batches instead of racing for the same rows. A leased timer is not due again until
+  its lease runs out; the coordinator deletes it (``complete_timer``) once its change is
+  saved. Firing is therefore *at least once*: a coordinator that dies (or fails) between the
+  lease and the delete leaves the timer to fire again after the lease, and the coordinator
+  ignores a repeat (a timer names the step attempt it was set for; one already past it is
+  stale).
 * **Outbox**: ``pending_outbox`` *leases* the rows it returns (``leased_by``/``leased_until``,
   chosen with ``FOR UPDATE SKIP LOCKED``), so two relays are never handed the same rows at
   the same time; a relay that dies leaves its rows to be taken by another once the lease

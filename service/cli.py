@@ -111,7 +111,9 @@ async def _run_inquiries(settings: Settings, paths: list[Path], timeout: float) 
                 reports.append({"file": str(path), "inquiry_id": env.correlationid,
                                 "error": f"no answer within {timeout:g}s"})
                 continue
-            state = await svc.store.load(env.correlationid) if _embedded(settings) else None
+            # the coordinator saved the saga before it published the answer: the store (the
+            # shared one, in a distributed deployment) has its final state
+            state = await _stored_saga(svc, env.correlationid)
             voice = None
             if isinstance(done.data, ResponseReady) and done.data.voice is not None:
                 voice = str(svc.blobs.path(done.data.voice))
@@ -124,6 +126,18 @@ async def _run_inquiries(settings: Settings, paths: list[Path], timeout: float) 
                 "timeline": timeline_rows(state) if state else [],
             })
     return reports
+
+
+async def _stored_saga(svc: Service, saga_id: str) -> Any:
+    """The saga's state in the store; None (no timeline) when the store does not have it or
+    cannot be read, which must not spoil the answer itself."""
+    from saga.store import StoreError
+
+    try:
+        return await svc.store.load(saga_id)
+    except StoreError as exc:
+        err.print(f"[yellow]no timeline:[/yellow] the store cannot be read ({exc})")
+        return None
 
 
 def _print_report(report: dict[str, Any]) -> None:

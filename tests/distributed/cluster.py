@@ -91,6 +91,21 @@ class Cluster(ProcessGroup):
             await conn.close()
         return [SagaState.model_validate_json(r["state"]) for r in rows]
 
+    async def ready_messages(self, group: str) -> int:
+        """Messages waiting in the group's queue (0 when it does not exist)."""
+        import aio_pika
+
+        connection = await aio_pika.connect(self.amqp)
+        try:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(f"{self.exchange}.{group}", passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                return 0
+            return queue.declaration_result.message_count or 0
+        finally:
+            await connection.close()
+
     async def events(self, correlation_id: str) -> list[Envelope]:
         """A request's events in the shared event store, in store order."""
         conn = await asyncpg.connect(self.store)

@@ -190,24 +190,43 @@ class TestDistributedRun:
             await cluster.close()
 
     async def test_an_inquiry_published_before_any_coordinator_ran_completes(
-        self, cluster: Cluster
+        self, cluster: Cluster, tmp_path: Path
     ) -> None:
-        """On an exchange no process has used yet, a helpdesk publishes an inquiry before any
-        coordinator ever ran: it waits in the coordinator's durable queue (every process
-        declares the whole topology at start). The coordinator then dispatches its requests
-        before any worker ran: they wait in the actors' queues. Once both are up the inquiry
-        completes, every step dispatched once (nothing was lost and sent again)."""
-        async with cluster.client() as client:
-            await client.submit(make_inquiry("early-1", "my order is late", language="es"))
+        """`ai-apps inquiry` on an exchange no process has used yet, before any coordinator
+        ever ran: the inquiry waits in the coordinator's durable queue (every process declares
+        the whole topology at start). The coordinator then dispatches its requests before any
+        worker ran: they wait in the actors' queues. Once both are up the inquiry completes,
+        every step dispatched once, and the command prints the saga's timeline from the
+        shared store."""
+        path = tmp_path / "early.json"
+        path.write_text(json.dumps({"inquiry_id": "early-1", "customer": {"id": "c1"},
+                                    "message": "my order is late", "language": "es"}))
+        command = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", "inquiry", str(path), "--json",
+            "--timeout", "60", env=cluster.env, cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(30):  # published, with nobody to take it
+                while await cluster.ready_messages("saga-coordinator") < 1:
+                    await asyncio.sleep(0.1)
             cluster.spawn("coordinator-0", "coordinator")
-            await cluster.wait_consumers("saga-coordinator", 1)
             async with asyncio.timeout(30):  # the coordinator took it and sent the requests
                 while not any(s.id == "early-1" for s in await cluster.sagas()):
                     await asyncio.sleep(0.1)
             cluster.spawn("worker-0", "worker", "--actors", ALL)
-            done = await client.wait("early-1", timeout=60)
-        assert isinstance(done.data, ResponseReady)
-        assert done.data.degraded == ()
+            stdout, stderr = await asyncio.wait_for(command.communicate(), 90)
+        finally:
+            if command.returncode is None:
+                command.kill()
+                await command.wait()
+        assert command.returncode == 0, stdout.decode() + stderr.decode()
+        (report,) = json.loads(stdout)
+        assert report["type"] == "ResponseReady"
+        assert report["result"]["degraded"] == []
+        assert {"translate_in", "respond", "translate_out"} <= {
+            row["step"] for row in report["timeline"]
+        }
         assert await cluster.redispatched_steps() == []
 
     async def test_poison_message_dead_lettered_listed_and_redriven(
