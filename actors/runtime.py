@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -46,6 +46,16 @@ class Inbox(Protocol):
     async def claim_request(self, request_id: str, owner: str, lease: float) -> bool: ...
 
     async def record_result(self, request_id: str, result: Envelope) -> None: ...
+
+
+class ClaimLost(Exception):
+    """The worker's claim on a request ran out (its renewals failed for a whole lease) and
+    another worker took the request over: this worker's call is abandoned."""
+
+
+RENEW_RETRY_PAUSE = 0.5
+"""Seconds between attempts to renew a claim after a renewal failed (capped at a tenth of the
+lease): soon enough to keep the claim through a short store outage."""
 
 
 class Actor(ABC):
@@ -89,7 +99,7 @@ class Handling:
     started_ns: int = 0
     """Wall-clock time (``time.time_ns()``) the provider call began; 0 if it was not called."""
     ended_ns: int = 0
-    work: asyncio.Task[Envelope] | None = None
+    work: asyncio.Task[Envelope | None] | None = None
     """The provider call and the recording of its result: it outlives a delivery cancelled
     under it, so a middleware that sees the cancellation can wait for it to finish."""
 
@@ -130,10 +140,17 @@ class ActorRuntime:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.waiting_on_claims = 0
         """Deliveries waiting for another delivery of the same request to finish."""
+        self.claims_lost = 0
+        """Claims this worker lost while calling a provider (another worker took the request
+        over after the renewals failed for a whole lease): a meter, logged as it grows."""
+        self.renewals_failed = 0
+        """Claim renewals that raised (the store unreachable), each retried."""
         self.actors = list(actors)
         self.middleware = tuple(middleware)
         self.concurrency = concurrency
-        self._working: set[asyncio.Task[Envelope]] = set()
+        self._working: set[asyncio.Task[Envelope | None]] = set()
+        self._claimed_at: dict[str, float] = {}
+        """When (loop time) each delivery's claim was asked for, until its work starts."""
         """Provider calls in progress, which outlive a delivery cancelled under them."""
 
     async def close(self, grace: float = 30.0) -> None:
@@ -208,17 +225,27 @@ class ActorRuntime:
         work.add_done_callback(self._working.discard)
         # (without an inbox nothing would keep the result: the work goes with its delivery)
         reply = await (asyncio.shield(work) if self.inbox is not None else work)
+        if reply is None:
+            return  # the claim was lost: the worker that took the request over answers it
         await self.transport.publish(reply)
 
     async def _work_on(
         self, actor: Actor, envelope: Envelope, owner: str, handling: Handling
-    ) -> Envelope:
-        """Call the provider (renewing the claim meanwhile) and record the reply in the inbox."""
+    ) -> Envelope | None:
+        """Call the provider (renewing the claim meanwhile) and record the reply in the inbox.
+        None if the claim was lost on the way (the call is abandoned: cancelled if it was
+        still running)."""
         source = f"/ai-apps/actors/{actor.service}"
         handling.started_ns = time.time_ns()
+        loop = asyncio.get_running_loop()
+        # until then no other worker can have taken the claim over: it was made (or renewed)
+        # for claim_lease seconds from after the moment it was asked for
+        held_until = [self._claimed_at.pop(owner, loop.time()) + self.claim_lease]
         try:
-            async with asyncio.timeout(actor.call_timeout), self._holding(envelope, owner):
-                result = await actor.perform(envelope.data)
+            async with asyncio.timeout(actor.call_timeout):
+                result = await self._perform_holding(actor, envelope, owner, held_until)
+        except ClaimLost:
+            return None
         except ProviderError as exc:
             result = _failure(actor, envelope, exc)
         except BlobNotFound as exc:
@@ -247,6 +274,16 @@ class ActorRuntime:
         reply = envelope.follow(result, source=source)
         if self.inbox is not None:
             await self.inbox.record_result(envelope.id, reply)
+            if loop.time() >= held_until[0]:
+                # the claim may have run out before the record: another worker's result may
+                # be the one recorded (the first record wins); answer with that one, so every
+                # answer to this request is the same
+                recorded = await self.inbox.recorded_result(envelope.id)
+                if recorded is not None and recorded.id != reply.id:
+                    log.warning("claim ran out before the record; answering with the result "
+                                "recorded first", service=actor.service)
+                    handling.result = recorded.data
+                    reply = recorded
         return reply
 
     async def _claim(self, envelope: Envelope, owner: str) -> Envelope | None:
@@ -258,7 +295,9 @@ class ActorRuntime:
             recorded = await self.inbox.recorded_result(envelope.id)
             if recorded is not None:
                 return recorded
+            asked = asyncio.get_running_loop().time()
             if await self.inbox.claim_request(envelope.id, owner, self.claim_lease):
+                self._claimed_at[owner] = asked
                 return None
             self.waiting_on_claims += 1
             try:
@@ -266,26 +305,57 @@ class ActorRuntime:
             finally:
                 self.waiting_on_claims -= 1
 
-    @contextlib.asynccontextmanager
-    async def _holding(self, envelope: Envelope, owner: str) -> AsyncIterator[None]:
-        """Renew the request's claim while the provider works (a long image generation)."""
+    async def _perform_holding(
+        self, actor: Actor, envelope: Envelope, owner: str, held_until: list[float]
+    ) -> Event:
+        """``actor.perform`` while the request's claim is renewed (a long image generation
+        outlives a lease). A renewal that fails (the store unreachable) is retried; one that
+        finds the claim taken over by another worker cancels the call (a call that had not
+        been billed yet is then never billed: one charge, not two) and raises
+        :class:`ClaimLost`."""
         if self.inbox is None:
-            yield
-            return
-        inbox = self.inbox
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.claim_lease / 3)
-                await inbox.claim_request(envelope.id, owner, self.claim_lease)
-
-        task = asyncio.create_task(renew())
+            return await actor.perform(envelope.data)
+        call = asyncio.create_task(actor.perform(envelope.data))
+        renewal = asyncio.create_task(self._renew(actor, envelope, owner, held_until))
         try:
-            yield
+            await asyncio.wait({call, renewal}, return_when=asyncio.FIRST_COMPLETED)
+            if call.done():
+                return call.result()
+            renewal.result()  # it ends only by raising ClaimLost
+            raise AssertionError("claim renewal ended")  # pragma: no cover
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            for task in (call, renewal):
+                task.cancel()
+            await asyncio.gather(call, renewal, return_exceptions=True)
+
+    async def _renew(
+        self, actor: Actor, envelope: Envelope, owner: str, held_until: list[float]
+    ) -> None:
+        """Renew the claim every third of the lease until cancelled; raise
+        :class:`ClaimLost` once the store says another worker holds it."""
+        assert self.inbox is not None
+        loop = asyncio.get_running_loop()
+        pause = self.claim_lease / 3
+        while True:
+            await asyncio.sleep(pause)
+            asked = loop.time()
+            try:
+                held = await self.inbox.claim_request(envelope.id, owner, self.claim_lease)
+            except Exception as exc:
+                # the store away for a moment: try again soon; the claim is good until
+                # held_until, and if it runs out meanwhile the next answer says so
+                self.renewals_failed += 1
+                pause = min(RENEW_RETRY_PAUSE, self.claim_lease / 10)
+                log.warning("claim renewal failed; retrying", service=actor.service,
+                            error=repr(exc), left=round(held_until[0] - loop.time(), 3))
+                continue
+            if not held:
+                self.claims_lost += 1
+                log.error("claim lost: another worker took the request over; abandoning "
+                          "this call", service=actor.service, claims_lost=self.claims_lost)
+                raise ClaimLost(envelope.id)
+            held_until[0] = asked + self.claim_lease
+            pause = self.claim_lease / 3
 
 
 def _failure(actor: Actor, envelope: Envelope, exc: ProviderError) -> StepFailed:

@@ -181,10 +181,29 @@ class Transport(Protocol):
         subscriber alone and disappears when it closes (a CLI waiting for its replies); it has
         no dead-letter queue and is not retried."""
 
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        """Make sure durable ``group`` exists and takes ``event_types`` (or
+        :data:`ALL_TYPES`), without consuming: events of those types published from now on
+        are kept for the group until one of its consumers takes them, even if none has ever
+        run. Every process of a deployment declares every group it knows at start, so a
+        message published before its consumer's process starts waits instead of being lost.
+        Idempotent; bindings are only ever added."""
+
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        """Dead-lettered messages, oldest first, optionally of one group."""
+        """Every dead-lettered message, oldest first, optionally of one group; they stay
+        where they are (:meth:`peek_dead_letters` reads only the oldest few)."""
+
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (every one with None), optionally of one group,
+        left where they are. A broker backend reads at most ``limit`` messages of each
+        dead-letter queue, so a long queue is not read into memory to show a few."""
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         """Send dead letters back to their group's queue with a fresh attempt count.
 
-        ``ids=None`` re-drives all (of ``group`` if given). Returns how many were re-driven."""
+        ``ids=None`` re-drives all (of ``group`` if given): those there when it starts, not the
+        ones dead-lettered again meanwhile. Returns how many were re-driven; with ``ids``, an
+        id not found (re-driven already, or held by a concurrent listing on a broker) is not
+        counted."""

@@ -50,6 +50,10 @@ class _Group:
     ephemeral: bool = False
     queue: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
+    held: list[_Delivery] = field(default_factory=list)
+    """Events for a declared group that no handler has subscribed to yet: they wait here
+    (not counted as pending, so :meth:`InMemoryTransport.idle` does not wait for a consumer
+    that may never come) and are queued when the first handler subscribes."""
 
     def wants(self, routing_key: str) -> bool:
         return ALL_TYPES in self.types or routing_key in self.types
@@ -151,8 +155,24 @@ class InMemoryTransport:
         else:
             grp.types.update(event_types)
         grp.handlers.append((handler, concurrency or self.concurrency))
+        held, grp.held = grp.held, []
+        for delivery in held:
+            self._enqueue(grp, delivery)
         if self._started:
             self._spawn(grp, only_last=True)
+
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        """Keep ``event_types`` for ``group`` from now on, until a handler subscribes to it
+        (in this process: nothing in memory outlives it)."""
+        if isinstance(event_types, str):
+            raise TypeError("event_types must be a collection of type names, not a str")
+        grp = self._groups.get(group)
+        if grp is None:
+            self._groups[group] = _Group(group, set(event_types), [])
+        elif grp.ephemeral:
+            raise ValueError(f"group {group!r} is ephemeral: it cannot be declared")
+        else:
+            grp.types.update(event_types)
 
     # -- observers -------------------------------------------------------------------------
 
@@ -166,7 +186,15 @@ class InMemoryTransport:
     # -- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        return [d for d in self._dead if group is None or d.group == group]
+        return await self.peek_dead_letters(group)
+
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
+        letters = [d for d in self._dead if group is None or d.group == group]
+        return letters[:limit] if limit is not None else letters
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         chosen = [
@@ -212,6 +240,9 @@ class InMemoryTransport:
                 self._enqueue(group, _Delivery(str(uuid.uuid4()), body, routing_key))
 
     def _enqueue(self, group: _Group, delivery: _Delivery) -> None:
+        if not group.handlers:
+            group.held.append(delivery)
+            return
         self._pending += 1
         self._idle.clear()
         group.queue.put_nowait(delivery)

@@ -18,6 +18,25 @@ Topology, for an exchange named ``X`` (default ``ai-apps``) and a subscriber gro
 An *ephemeral* group gets an exclusive auto-delete queue instead, and no retry or dead-letter
 queue: a failing message is logged and acknowledged.
 
+**Declared before consumed.** :meth:`RabbitMQTransport.declare` makes a group's queue, its
+bindings and its DLQ without consuming; every ai-apps process declares the whole deployment at
+start, so an event published before its group's first consumer ever ran waits in the queue.
+(Events go to the exchange unmandated: a type no group takes is dropped, as in memory.) Copies
+published to a queue by name (retries, dead letters, re-drives) are *mandatory*: if the queue
+was deleted the broker returns the copy, the queue is declared again and the copy sent once
+more, and if that fails too the original goes back to its queue; it is never acked unparked.
+
+**Redeliveries count.** A delivery the broker marks ``redelivered`` had a predecessor that was
+never settled: its consumer died (``kill -9``, out of memory) or lost its channel. That counts
+as a failed attempt (:class:`DeliveryNotSettled`): the message is re-published through the
+retry path with ``x-attempts`` + 1 and the redelivered one acked, so a message that kills every
+worker it reaches lands in the DLQ after ``max_attempts`` deliveries instead of crash-looping.
+Messages returned at shutdown count too (as on Service Bus). This works on classic and quorum
+queues alike; it does not rely on a quorum queue's ``x-delivery-count``. RabbitMQ 3.10 sets no
+delivery limit on quorum queues by default (a message is redelivered for ever); do not add a
+``delivery-limit`` policy to the group queues: with no dead-letter exchange on them, the broker
+*drops* a message that reaches it (checked on 3.10.8).
+
 Each retry, dead letter and drop is reported, once the broker has confirmed it, to the
 observers added with :meth:`RabbitMQTransport.add_observer` (:class:`~bus.base.DeliveryObserver`).
 
@@ -98,6 +117,19 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class Unroutable(TransportError):
+    """The broker returned a message published to a queue by name: the queue does not exist
+    (it was deleted under the transport)."""
+
+
+class DeliveryNotSettled(TransportError):
+    """A delivery of the message ended with neither an ack nor a nack: its consumer died
+    (``kill -9``, out of memory) or lost its channel while holding it, and the broker gave the
+    message again (``redelivered``). The transport counts that delivery as a failed attempt, so
+    a message that keeps killing its consumer is dead-lettered instead of crashing workers
+    for ever."""
+
+
 @dataclass(slots=True, eq=False)
 class _Subscription:
     handler: Handler
@@ -166,6 +198,7 @@ class RabbitMQTransport:
         self._declared: set[str] = set()
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractRobustChannel | None = None
+        self._topology: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._connect_lock = asyncio.Lock()
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -223,7 +256,7 @@ class RabbitMQTransport:
                 # each cancelled delivery nacks its message (requeue) on the way out
                 await asyncio.wait(pending, timeout=5)
         self._closed = True
-        self._conn = self._pub = self._exchange = None
+        self._conn = self._pub = self._exchange = self._topology = None
         for group in self._groups.values():
             group.channel = group.queue = None
             group.prefetch = 0
@@ -289,6 +322,40 @@ class RabbitMQTransport:
         if self._started:
             await self._setup_group(grp)
 
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        """Declare ``group``'s durable queue bound to ``event_types``, and its dead-letter
+        queue, without consuming: from now on the group's events wait in the queue for its
+        first consumer, in whichever process that starts. Declared on a robust channel of its
+        own, which declares them again after a reconnect (to a broker that lost them)."""
+        if isinstance(event_types, str):
+            raise TypeError("event_types must be a collection of type names, not a str")
+        known = self._groups.get(group)
+        if known is not None and known.ephemeral:
+            raise ValueError(f"group {group!r} is ephemeral: it has no durable queue")
+        await self._connect()
+        assert self._conn is not None
+        name = f"{self.exchange_name}.{group}"
+        try:
+            if self._topology is None:
+                channel = self._conn.channel(publisher_confirms=False)
+                await channel.initialize()
+                self._topology = channel
+            queue = await self._topology.declare_queue(
+                name, durable=True, arguments=self._queue_args()
+            )
+            self._declared.add(name)
+            await self._topology.declare_queue(f"{name}.dlq", durable=True)
+            self._declared.add(f"{name}.dlq")
+            for event_type in sorted(set(event_types)):
+                await queue.bind(self.exchange_name, routing_key=event_type)
+        except _BROKER_ERRORS as exc:
+            # a refused declaration (another queue type, say) closes the channel: start afresh
+            broken, self._topology = self._topology, None
+            if broken is not None:
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    await broken.close()
+            raise TransportError(f"cannot declare group {group!r}: {exc!r}") from exc
+
     # -- observers -------------------------------------------------------------------------
 
     def add_observer(self, observer: DeliveryObserver) -> None:
@@ -301,47 +368,83 @@ class RabbitMQTransport:
     # -- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        """Dead letters, oldest first. They stay in their queues: each is read unacknowledged
-        on a private channel that is then closed, which returns them to the broker."""
+        """Every dead letter, oldest first (see :meth:`peek_dead_letters`)."""
+        return await self.peek_dead_letters(group)
+
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (all with None), oldest first. They stay in their
+        queues: each is read unacknowledged (``basic.get``, at most ``limit`` of each queue)
+        on a private channel that is then closed, which returns them to the broker. While a
+        listing holds them they are invisible to everyone else: a concurrent listing does not
+        show them and a concurrent :meth:`redrive` does not find them."""
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
         await self._connect()
         letters: list[DeadLetter] = []
         for name in self._dlq_groups(group):
             async with self._scratch_channel() as channel:
-                messages = await self._drain_dlq(channel, name)
+                messages = await self._drain_dlq(channel, name, limit)
                 letters.extend(_dead_letter_of(name, m) for m in messages or ())
         letters.sort(key=lambda d: d.time)
-        return letters
+        return letters[:limit] if limit is not None else letters
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         """Publish the chosen dead letters to their group's queue with a fresh attempt count
-        (confirmed), then remove them from the dead-letter queue. Returns how many."""
+        (confirmed), then remove them from the dead-letter queue. Returns how many.
+
+        Each DLQ is read one message at a time: a chosen one is re-driven and acked at once,
+        one passed over stays unacknowledged on a private channel until that queue is done
+        (then it goes back, in place). With ``ids`` the reading stops as soon as every id is
+        found; without, it re-drives as many as the queue held when it began, so letters
+        dead-lettered again meanwhile are not re-driven in a loop. A letter held at that
+        moment by a concurrent listing is not found (and not counted)."""
         await self._connect()
         wanted = None if ids is None else set(ids)
         moved = 0
         for name in self._dlq_groups(group):
-            if wanted is not None and moved >= len(wanted):
+            if wanted is not None and not wanted:
                 break
             async with self._scratch_channel() as channel:
-                messages = await self._drain_dlq(channel, name)
-                chosen = [
-                    m for m in messages or ()
-                    if wanted is None or _dead_letter_id(m) in wanted
-                ]
-                if not chosen:
-                    continue
-                target = f"{self.exchange_name}.{name}"
+                moved += await self._redrive_group(channel, name, wanted)
+        return moved
+
+    async def _redrive_group(
+        self, channel: AbstractChannel, group: str, wanted: set[str] | None
+    ) -> int:
+        try:
+            dlq = await channel.declare_queue(f"{self.exchange_name}.{group}.dlq", passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+        budget = dlq.declaration_result.message_count or 0
+        target = f"{self.exchange_name}.{group}"
+        target_checked = False
+        moved = 0
+        for _ in range(budget):
+            if wanted is not None and not wanted:
+                break
+            message = await dlq.get(no_ack=False, fail=False, timeout=10)
+            if message is None:
+                break
+            letter_id = _dead_letter_id(message)
+            if wanted is not None and letter_id not in wanted:
+                continue  # held until the channel closes, then back in its place
+            if not target_checked:
                 try:
                     await channel.declare_queue(target, passive=True)
                 except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                    raise TransportError(f"group {name!r} has no queue {target!r}") from exc
-                for message in chosen:
-                    headers = {
-                        k: v for k, v in message.headers.items()
-                        if k not in _DEAD_HEADERS and not _is_broker_death(k)
-                    }
-                    await self._confirm_default(_copy(message, headers), target)
-                    await message.ack()
-                    moved += 1
+                    raise TransportError(f"group {group!r} has no queue {target!r}") from exc
+                target_checked = True
+            headers = {
+                k: v for k, v in message.headers.items()
+                if k not in _DEAD_HEADERS and not _is_broker_death(k)
+            }
+            await self._confirm_default(_copy(message, headers), target)
+            await message.ack()
+            moved += 1
+            if wanted is not None:
+                wanted.discard(letter_id)
         return moved
 
     # -- introspection ---------------------------------------------------------------------
@@ -381,7 +484,8 @@ class RabbitMQTransport:
             except _BROKER_ERRORS as exc:
                 raise TransportError(f"cannot connect to {_safe_url(self.url)}: {exc!r}") from exc
             try:
-                pub = conn.channel(publisher_confirms=True)
+                # a returned (mandatory, unroutable) message raises PublishError
+                pub = conn.channel(publisher_confirms=True, on_return_raises=True)
                 await pub.initialize()
                 exchange = await pub.declare_exchange(
                     self.exchange_name, ExchangeType.TOPIC, durable=True
@@ -514,19 +618,21 @@ class RabbitMQTransport:
         return sorted(names)
 
     async def _drain_dlq(
-        self, channel: AbstractChannel, group: str
+        self, channel: AbstractChannel, group: str, limit: int | None = None
     ) -> list[AbstractIncomingMessage] | None:
-        """Every message of ``group``'s DLQ, unacknowledged; None when there is no DLQ."""
+        """The first ``limit`` (every) message of ``group``'s DLQ, unacknowledged; None when
+        there is no DLQ."""
         try:
             queue = await channel.declare_queue(f"{self.exchange_name}.{group}.dlq", passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
         messages: list[AbstractIncomingMessage] = []
-        while True:
+        while limit is None or len(messages) < limit:
             message = await queue.get(no_ack=False, fail=False, timeout=10)
             if message is None:
-                return messages
+                break
             messages.append(message)
+        return messages
 
     # -- internals: delivery ---------------------------------------------------------------
 
@@ -566,6 +672,20 @@ class RabbitMQTransport:
             envelope = decode(message.body, self._types)
         except DecodeError as exc:
             await self._failed(group, message, exc, attempts, None, final=True)
+            return
+        if message.redelivered and not group.ephemeral:
+            # The broker gives the message again: delivery number ``attempts`` ended unsettled
+            # (the consumer died or lost its channel). The broker's flag says only "again",
+            # not how often (classic queues keep no count), so the count travels in a copy:
+            # re-published through the retry path with x-attempts + 1, the original acked.
+            # A message that kills every worker it reaches is thus dead-lettered after
+            # max_attempts deliveries, on classic and quorum queues alike.
+            lost = DeliveryNotSettled(
+                f"attempt {attempts} was never settled: its consumer died (killed, out of "
+                "memory) or lost its channel before acknowledging it"
+            )
+            final = attempts >= self.retry.max_attempts
+            await self._failed(group, message, lost, attempts, envelope, final=final)
             return
         try:
             await handler(envelope)
@@ -626,13 +746,41 @@ class RabbitMQTransport:
         if ms == 0:
             await self._confirm_default(_copy(message, headers), group.queue_name)
             return
+        name = await self._declare_retry(group, ms)
+        await self._park(
+            group, _copy(message, headers), name, lambda: self._declare_retry(group, ms, again=True)
+        )
+
+    async def _declare_retry(self, group: _Group, ms: int, *, again: bool = False) -> str:
         name = f"{group.queue_name}.retry.{ms}"
+        if again:
+            group.retry_queues.discard(name)
         if name not in group.retry_queues:
             try:
                 await self._declare_retry_queue(group, ms)
             except _BROKER_ERRORS as exc:
                 raise TransportError(f"cannot declare {name!r}: {exc!r}") from exc
-        await self._confirm_default(_copy(message, headers), name)
+        return name
+
+    async def _declare_dlq(self, group: _Group) -> None:
+        assert group.channel is not None
+        try:
+            await group.channel.declare_queue(f"{group.queue_name}.dlq", durable=True)
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot declare {group.queue_name}.dlq: {exc!r}") from exc
+
+    async def _park(
+        self, group: _Group, copy: Message, queue: str, declare: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Publish ``copy`` to a retry queue or the dead letters, confirmed. A queue deleted
+        under us (the broker returns the copy) is declared again and the copy sent once more;
+        if that fails too the error propagates and the original goes back to its queue."""
+        try:
+            await self._confirm_default(copy, queue)
+        except Unroutable:
+            log.warning("queue missing; declaring it again", group=group.name, queue=queue)
+            await declare()
+            await self._confirm_default(copy, queue)
 
     async def _dead_letter(
         self,
@@ -657,31 +805,50 @@ class RabbitMQTransport:
             copy.correlation_id = envelope.correlationid
         else:
             copy.type = _text(headers.get(H_ROUTING_KEY)) or message.type
-        await self._confirm_default(copy, f"{group.queue_name}.dlq")
+        await self._park(group, copy, f"{group.queue_name}.dlq", lambda: self._declare_dlq(group))
 
     # -- internals: confirmed publishing ---------------------------------------------------
 
     async def _confirm_default(self, message: Message, queue: str) -> None:
-        """Publish straight to ``queue`` through the default exchange, confirmed."""
+        """Publish straight to ``queue`` through the default exchange, confirmed and
+        *mandatory*: a queue that does not exist (deleted under us) makes the broker return
+        the message, which raises :class:`Unroutable` instead of dropping it silently."""
         if self._pub is None:
             raise TransportError("transport is closed")
-        await self._confirm(self._pub.default_exchange, message, queue)
+        if message.message_id is None:
+            # the broker's return is matched to its publish by message id: without one a
+            # returned message would look confirmed
+            message.message_id = str(uuid.uuid4())
+        await self._confirm(self._pub.default_exchange, message, queue, mandatory=True)
 
-    async def _confirm(self, exchange: AbstractExchange, message: Message, key: str) -> None:
+    async def _confirm(
+        self, exchange: AbstractExchange, message: Message, key: str, *, mandatory: bool = False
+    ) -> None:
+        # events go to the topic exchange unmandated: an event no group subscribes to is
+        # dropped, as in memory (every process declares the deployment's groups at start, so
+        # the event types the wiring knows always have a queue); copies sent to a queue by
+        # name (retries, dead letters, re-drives) are mandatory
         try:
-            # mandatory=False: an event no group subscribes to is dropped, as in memory
-            await exchange.publish(message, key, mandatory=False, timeout=self.publish_timeout)
+            await exchange.publish(message, key, mandatory=mandatory, timeout=self.publish_timeout)
             return
+        except aiormq.exceptions.PublishError as exc:
+            raise Unroutable(f"no queue takes {key!r}: the broker returned the message") from exc
         except asyncio.CancelledError:
             if _cancelling():
                 raise
             error: BaseException = ConnectionError("channel closed under the publish")
         except _BROKER_ERRORS as exc:
             error = exc
-        await self._confirm_again(exchange, message, key, error)
+        await self._confirm_again(exchange, message, key, error, mandatory=mandatory)
 
     async def _confirm_again(
-        self, exchange: AbstractExchange, message: Message, key: str, error: BaseException
+        self,
+        exchange: AbstractExchange,
+        message: Message,
+        key: str,
+        error: BaseException,
+        *,
+        mandatory: bool,
     ) -> None:
         """The slow path: wait for the robust channel to come back and publish again, until
         ``publish_timeout``. A lost confirm may mean the broker has the message: a retry can
@@ -703,8 +870,12 @@ class RabbitMQTransport:
                 async with asyncio.timeout(remaining):
                     await asyncio.sleep(pause)
                     await pub.ready()
-                    await exchange.publish(message, key, mandatory=False, timeout=remaining)
+                    await exchange.publish(message, key, mandatory=mandatory, timeout=remaining)
                 return
+            except aiormq.exceptions.PublishError as exc:
+                raise Unroutable(
+                    f"no queue takes {key!r}: the broker returned the message"
+                ) from exc
             except asyncio.CancelledError:
                 if _cancelling():
                     raise
@@ -755,7 +926,11 @@ def _claimed_type(message: AbstractIncomingMessage) -> str | None:
 
 
 def _is_broker_death(key: str) -> bool:
-    return key == "x-death" or key.startswith(("x-first-death-", "x-last-death-"))
+    """A header the broker owns: its dead-lettering history, or a quorum queue's delivery
+    count (which a copy starts afresh; ``x-attempts`` carries the count)."""
+    return key in ("x-death", "x-delivery-count") or key.startswith(
+        ("x-first-death-", "x-last-death-")
+    )
 
 
 def _clean_headers(message: AbstractIncomingMessage) -> dict[str, Any]:

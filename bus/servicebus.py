@@ -373,6 +373,22 @@ class ServiceBusTransport:
         if self._started:
             await self._setup_group(grp)
 
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        """With ``provision=True``: create or update ``group``'s subscription with the rules
+        for ``event_types`` (and any this transport subscribed the group to), so its events
+        are kept before it has a receiver. Otherwise nothing: the subscriptions are provisioned
+        beforehand (``ai-apps servicebus provision``, for every group of the deployment), and
+        a subscription keeps its messages whether or not anyone receives."""
+        if isinstance(event_types, str):
+            raise TypeError("event_types must be a collection of type names, not a str")
+        known = self._groups.get(group)
+        if known is not None and known.ephemeral:
+            raise ValueError(f"group {group!r} is ephemeral: it cannot be declared")
+        if not self.provision:
+            return
+        types = set(event_types) | (known.types if known is not None else set())
+        await self._ensure_subscription(_Group(group, subscription_name(group), False, types))
+
     # -- observers -------------------------------------------------------------------------
 
     def add_observer(self, observer: DeliveryObserver) -> None:
@@ -385,14 +401,24 @@ class ServiceBusTransport:
     # -- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        """Dead letters, oldest first. They stay where they are (see the module doc)."""
+        """Every dead letter, oldest first (see :meth:`peek_dead_letters`)."""
+        return await self.peek_dead_letters(group)
+
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (all with None), oldest first, at most ``limit``
+        read from each subscription's dead-letter queue. They stay where they are (see the
+        module doc)."""
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
         letters: list[DeadLetter] = []
         for name in self._dlq_groups(group):
             async with self._dlq_receiver(name) as receiver:
                 if receiver is None:
                     continue
                 if self._peek:
-                    peeked = await self._peek_all(receiver)
+                    peeked = await self._peek_all(receiver, limit)
                     if peeked is not None:
                         letters += [_dead_letter_of(name, m) for m in peeked]
                         continue
@@ -401,13 +427,13 @@ class ServiceBusTransport:
             async with self._dlq_receiver(name) as receiver:
                 if receiver is None:
                     continue
-                held = await self._receive_all(receiver)
+                held = await self._receive_all(receiver, limit)
                 try:
                     letters += [_dead_letter_of(name, m) for m in held]
                 finally:
                     await asyncio.gather(*(_quietly(receiver.abandon_message(m)) for m in held))
         letters.sort(key=lambda d: d.time)
-        return letters
+        return letters[:limit] if limit is not None else letters
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:
         """Send the chosen dead letters back to their group as copies with a fresh attempt count
@@ -749,18 +775,23 @@ class ServiceBusTransport:
                                 exc=exc)
         await _settle(receiver.complete_message(message), group.name)
 
-    async def _peek_all(self, receiver: ServiceBusReceiver) -> list[ServiceBusReceivedMessage] | None:
-        """Every message, peeked (from the first: a receiver kept open would otherwise go on
-        from where it stopped); None where the namespace does not implement peeking."""
+    async def _peek_all(
+        self, receiver: ServiceBusReceiver, limit: int | None = None
+    ) -> list[ServiceBusReceivedMessage] | None:
+        """The first ``limit`` (every) message, peeked (from the first: a receiver kept open
+        would otherwise go on from where it stopped); None where the namespace does not
+        implement peeking."""
         messages: list[ServiceBusReceivedMessage] = []
         start = 1
         try:
-            while True:
-                page = await receiver.peek_messages(max_message_count=100, sequence_number=start)
+            while limit is None or len(messages) < limit:
+                count = 100 if limit is None else min(100, limit - len(messages))
+                page = await receiver.peek_messages(max_message_count=count, sequence_number=start)
                 if not page:
                     return messages
                 messages += page
                 start = max(m.sequence_number or 0 for m in page) + 1
+            return messages
         except ServiceBusConnectionError as exc:
             raise TransportError(f"cannot peek at dead letters: {exc}") from exc
         except ServiceBusError as exc:
@@ -770,17 +801,21 @@ class ServiceBusTransport:
             self._peek = False
             return None
 
-    async def _receive_all(self, receiver: ServiceBusReceiver) -> list[ServiceBusReceivedMessage]:
-        """Every message, locked (the caller settles or abandons each)."""
+    async def _receive_all(
+        self, receiver: ServiceBusReceiver, limit: int | None = None
+    ) -> list[ServiceBusReceivedMessage]:
+        """The first ``limit`` (every) message, locked (the caller settles or abandons each)."""
         held: list[ServiceBusReceivedMessage] = []
         try:
-            while True:
+            while limit is None or len(held) < limit:
+                count = 100 if limit is None else min(100, limit - len(held))
                 page = await receiver.receive_messages(
-                    max_message_count=100, max_wait_time=self.dead_letter_wait
+                    max_message_count=count, max_wait_time=self.dead_letter_wait
                 )
                 if not page:
                     return held
                 held += page
+            return held
         except _BUS_ERRORS as exc:
             for message in held:
                 await _quietly(receiver.abandon_message(message))

@@ -211,11 +211,27 @@ class SagaCoordinator:
             timers = await self.store.due_timers(self.clock.now())
             claimed = [t for t in timers if await self.store.claim_timer(t.id)]
         for timer in claimed:  # a timer another coordinator claimed is not in our list
-            fired += 1
-            await self._apply(timer.saga_id, functools.partial(self._on_timer, timer))
-            # only now: had we died while applying, the lease would run out and another
-            # coordinator would fire it (applying a timer twice is a no-op: it is checked)
-            await self.store.complete_timer(timer.id)
+            # bound around the whole firing (not just the transition), so its own lines name
+            # the saga and the tenant the transition found too
+            with structlog.contextvars.bound_contextvars(correlation_id=timer.saga_id,
+                                                         tenant=None):
+                try:
+                    await self._apply_bound(
+                        timer.saga_id, functools.partial(self._on_timer, timer), None
+                    )
+                    # only now: had we died while applying, the lease would run out and
+                    # another coordinator would fire it (applying a timer twice is a no-op:
+                    # it is checked)
+                    await self.store.complete_timer(timer.id)
+                except Exception:
+                    # this one stays leased and fires again when its lease runs out; the rest
+                    # of the batch (leased with it) must not wait for that
+                    log.exception("timer failed; it fires again once its lease runs out",
+                                  saga=timer.saga_id, step=timer.step, kind=timer.kind)
+                    continue
+                fired += 1
+                log.info("timer fired", saga=timer.saga_id, step=timer.step, kind=timer.kind,
+                         attempt=timer.attempt, timer=timer.id)
         return fired
 
     async def relay_outbox(self, min_age: float = 0.0) -> int:

@@ -17,6 +17,7 @@ from saga.store import (
     CostGroup,
     CostRow,
     IdempotencyRecord,
+    Pruned,
     StoreError,
     Timer,
     report,
@@ -33,6 +34,8 @@ class InMemorySagaStore:
         self._events: dict[str, bytes] = {}
         self._by_correlation: dict[str, list[str]] = {}
         self._inbox: dict[str, bytes] = {}
+        self._recorded: dict[str, tuple[float, str | None]] = {}
+        """When each inbox row was made (wall clock) and its result's tenant."""
         self._claims: dict[str, tuple[str, float]] = {}
         self._timer_leases: dict[str, float] = {}
         # the event store as a feed: (seq, event id, tenant, type, correlation id), seq order
@@ -132,7 +135,7 @@ class InMemorySagaStore:
         states.sort(key=lambda s: s.started_at, reverse=True)
         return states[:limit]
 
-    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+    async def prune(self, before: datetime, tenant: str | None = None) -> Pruned:
         events = 0
         for eid, body in list(self._events.items()):
             env = decode(body)
@@ -147,7 +150,23 @@ class InMemorySagaStore:
                     and (tenant is None or state.tenant == tenant)):
                 del self._sagas[sid]
                 sagas += 1
-        return events, sagas
+        results = 0
+        cutoff, wall = before.timestamp(), time.time()
+        for rid, (made, owner_tenant) in list(self._recorded.items()):
+            if made >= cutoff or (tenant is not None and owner_tenant != tenant):
+                continue
+            claim = self._claims.get(rid)
+            if rid not in self._inbox and claim is not None and claim[1] > wall:
+                continue  # a live claim: its worker is calling the provider now
+            self._recorded.pop(rid)
+            self._inbox.pop(rid, None)
+            self._claims.pop(rid, None)
+            results += 1
+        keys = [key for key, r in self._idempotency.items()
+                if r.created_at < before and (tenant is None or r.tenant == tenant)]
+        for key in keys:
+            del self._idempotency[key]
+        return Pruned(events, sagas, results, len(keys))
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
         body = self._inbox.get(request_id)
@@ -161,10 +180,13 @@ class InMemorySagaStore:
         if holder is not None and holder[0] != owner and holder[1] > wall:
             return False
         self._claims[request_id] = (owner, wall + lease)
+        self._recorded.setdefault(request_id, (wall, None))
         return True
 
     async def record_result(self, request_id: str, result: Envelope) -> None:
-        self._inbox.setdefault(request_id, encode(result))
+        if request_id not in self._inbox:
+            self._inbox[request_id] = encode(result)
+            self._recorded[request_id] = (time.time(), result.tenant)
         self._claims.pop(request_id, None)
 
     async def events_since(

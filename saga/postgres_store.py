@@ -11,12 +11,16 @@ connection pool. What changes with several coordinators, and how it is handled:
   losing coordinator writes nothing, ledger rows included. Under READ COMMITTED the loser of a
   race blocks on the winner's row lock and then re-checks the ``WHERE`` against the committed
   row, so exactly one of them wins.
-* **Timers**: ``claim_timer`` is ``DELETE … WHERE id = $1 RETURNING id``: the row can be deleted
-  once, so exactly one coordinator fires each timer. :meth:`PostgresSagaStore.claim_due_timers`
-  finds and claims due timers in one statement (``FOR UPDATE SKIP LOCKED``), so coordinators
-  scanning at the same time take disjoint batches instead of racing for the same rows. Both are
-  at-most-once: a coordinator that crashes between claiming and saving loses that firing (as
-  with every store; see the coordinator).
+* **Timers** are *leased*, not deleted, when claimed: ``claim_timer`` is ``UPDATE … SET
+  leased_until = now + lease WHERE id = $1 AND leased_until <= now RETURNING id``, so one caller
+  gets it; :meth:`PostgresSagaStore.claim_due_timers` finds and leases due timers in one
+  statement (``FOR UPDATE SKIP LOCKED``), so coordinators scanning at the same time take
+  disjoint batches instead of racing for the same rows. A leased timer is not due again until
+  its lease runs out; the coordinator deletes it (``complete_timer``) once its change is
+  saved. Firing is therefore *at least once*: a coordinator that dies (or fails) between the
+  lease and the delete leaves the timer to fire again after the lease, and the coordinator
+  ignores a repeat (a timer names the step attempt it was set for; one already past it is
+  stale).
 * **Outbox**: ``pending_outbox`` *leases* the rows it returns (``leased_by``/``leased_until``,
   chosen with ``FOR UPDATE SKIP LOCKED``), so two relays are never handed the same rows at
   the same time; a relay that dies leaves its rows to be taken by another once the lease
@@ -63,6 +67,7 @@ from saga.store import (
     CostGroup,
     CostRow,
     IdempotencyRecord,
+    Pruned,
     StoreError,
     Timer,
 )
@@ -128,6 +133,8 @@ CREATE TABLE IF NOT EXISTS {s}.inbox (
     body BYTEA,
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+ALTER TABLE {s}.inbox ADD COLUMN IF NOT EXISTS tenant TEXT;
+CREATE INDEX IF NOT EXISTS inbox_recorded ON {s}.inbox (recorded_at);
 CREATE INDEX IF NOT EXISTS events_tenant ON {s}.events (tenant, seq);
 CREATE TABLE IF NOT EXISTS {s}.api_keys (
     key_id TEXT PRIMARY KEY,
@@ -527,7 +534,7 @@ class PostgresSagaStore:
         async with self._connection("forget_idempotency") as conn:
             await conn.execute(self._sql.forget_idempotency, tenant, key)
 
-    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+    async def prune(self, before: datetime, tenant: str | None = None) -> Pruned:
         s = self.schema
         async with self._connection("prune") as conn, conn.transaction():
             events = await conn.execute(
@@ -538,7 +545,17 @@ class PostgresSagaStore:
                 f"DELETE FROM {s}.sagas WHERE status != 'running' AND started_at < $1"
                 " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
             )
-        return int(events.split()[-1]), int(sagas.split()[-1])
+            # a claim without a result is kept while it is live (its worker is working)
+            results = await conn.execute(
+                f"DELETE FROM {s}.inbox WHERE recorded_at < $1"
+                " AND (body IS NOT NULL OR claimed_until <= clock_timestamp())"
+                " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
+            )
+            keys = await conn.execute(
+                f"DELETE FROM {s}.idempotency_keys WHERE created_at < $1"
+                " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
+            )
+        return Pruned(*(int(tag.split()[-1]) for tag in (events, sagas, results, keys)))
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
         async with self._connection("recorded_result") as conn:
@@ -552,7 +569,9 @@ class PostgresSagaStore:
 
     async def record_result(self, request_id: str, result: Envelope) -> None:
         async with self._connection("record_result") as conn:
-            await conn.execute(self._sql.record_result, request_id, encode(result))
+            await conn.execute(
+                self._sql.record_result, request_id, encode(result), result.tenant
+            )
 
     async def cache_get(self, key: str) -> bytes | None:
         s = self._sql.s
@@ -781,7 +800,7 @@ class _Statements:
             " RETURNING request_id"
         )
         self.record_result = (
-            f"INSERT INTO {s}.inbox AS i (request_id, body) VALUES ($1, $2)"
-            " ON CONFLICT (request_id) DO UPDATE SET body = EXCLUDED.body, owner = NULL"
-            " WHERE i.body IS NULL"
+            f"INSERT INTO {s}.inbox AS i (request_id, body, tenant) VALUES ($1, $2, $3)"
+            " ON CONFLICT (request_id) DO UPDATE SET body = EXCLUDED.body, owner = NULL,"
+            " tenant = EXCLUDED.tenant, recorded_at = clock_timestamp() WHERE i.body IS NULL"
         )

@@ -61,7 +61,15 @@ class RecordingTransport:
     ) -> None:
         return None
 
+    async def declare(self, group: str, event_types: Collection[str]) -> None:
+        return None
+
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
+        return []
+
+    async def peek_dead_letters(
+        self, group: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
         return []
 
     async def redrive(self, ids: Collection[str] | None = None, group: str | None = None) -> int:

@@ -23,6 +23,7 @@ from saga.store import (
     CostGroup,
     CostRow,
     IdempotencyRecord,
+    Pruned,
     StoreError,
     Timer,
     report,
@@ -74,7 +75,9 @@ CREATE TABLE IF NOT EXISTS inbox (
     request_id TEXT PRIMARY KEY,
     owner TEXT,
     claimed_until REAL NOT NULL DEFAULT 0,
-    body BLOB
+    body BLOB,
+    recorded_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+    tenant TEXT
 );
 CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, seq);
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -180,9 +183,24 @@ class SqliteSagaStore:
         try:
             self._db = await aiosqlite.connect(self.path)
             await self._db.executescript(SCHEMA)
+            await self._migrate(self._db)
             await self._db.commit()
         except Exception as exc:  # sqlite3 raises several unrelated classes here
             raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        """Columns added since a database file may have been made (SQLite has no ADD COLUMN
+        IF NOT EXISTS). Inbox rows of an older file count as recorded now, so retention
+        removes them one retention period after the upgrade, not at once."""
+        async with db.execute("PRAGMA table_info(inbox)") as cur:
+            columns = {str(row[1]) for row in await cur.fetchall()}
+        if "recorded_at" not in columns:
+            await db.execute("ALTER TABLE inbox ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0")
+            await db.execute("UPDATE inbox SET recorded_at = ?", (time.time(),))
+        if "tenant" not in columns:
+            await db.execute("ALTER TABLE inbox ADD COLUMN tenant TEXT")
+        await db.execute("CREATE INDEX IF NOT EXISTS inbox_recorded ON inbox (recorded_at)")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -335,7 +353,7 @@ class SqliteSagaStore:
             rows = await cur.fetchall()
         return [SagaState.model_validate_json(r[0]) for r in rows]
 
-    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
+    async def prune(self, before: datetime, tenant: str | None = None) -> Pruned:
         where_tenant = "" if tenant is None else " AND tenant = ?"
         extra: tuple[str, ...] = () if tenant is None else (tenant,)
         async with self._lock:
@@ -346,8 +364,17 @@ class SqliteSagaStore:
                 f"DELETE FROM sagas WHERE status != 'running' AND started_at < ?{where_tenant}",
                 (_ts(before), *extra),
             )
+            # a claim without a result is kept while it is live (its worker is working)
+            results = await self.db.execute(
+                "DELETE FROM inbox WHERE recorded_at < ? AND (body IS NOT NULL OR"
+                f" claimed_until <= ?){where_tenant}", (before.timestamp(), time.time(), *extra),
+            )
+            keys = await self.db.execute(
+                f"DELETE FROM idempotency_keys WHERE created_at < ?{where_tenant}",
+                (_ts(before), *extra),
+            )
             await self.db.commit()
-        return events.rowcount, sagas.rowcount
+        return Pruned(events.rowcount, sagas.rowcount, results.rowcount, keys.rowcount)
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
         async with self.db.execute(
@@ -373,9 +400,11 @@ class SqliteSagaStore:
     async def record_result(self, request_id: str, result: Envelope) -> None:
         async with self._lock:
             await self.db.execute(
-                "INSERT INTO inbox (request_id, body) VALUES (?, ?) ON CONFLICT (request_id) "
-                "DO UPDATE SET body = excluded.body, owner = NULL WHERE inbox.body IS NULL",
-                (request_id, encode(result)),
+                "INSERT INTO inbox (request_id, body, tenant, recorded_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (request_id) DO UPDATE SET body = excluded.body, owner = NULL,"
+                " tenant = excluded.tenant, recorded_at = excluded.recorded_at"
+                " WHERE inbox.body IS NULL",
+                (request_id, encode(result), result.tenant, time.time()),
             )
             await self.db.commit()
 

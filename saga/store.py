@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from events.common import Usage
 from events.envelope import Envelope
@@ -108,6 +108,18 @@ class CostEntry:
     cached: bool = False
 
 
+class Pruned(NamedTuple):
+    """What :meth:`SagaStore.prune` removed."""
+
+    events: int
+    sagas: int
+    """Finished sagas (running ones are kept)."""
+    results: int
+    """Inbox rows: results actors recorded (whole result envelopes, customer text included)
+    and claims that ran out without a result."""
+    idempotency_keys: int
+
+
 CostGroup = Literal["tenant", "workflow", "service", "day", "provider"]
 
 
@@ -199,9 +211,12 @@ class SagaStore(Protocol):
         """The most recently started sagas, optionally of one status."""
         ...
 
-    async def prune(self, before: datetime, tenant: str | None = None) -> tuple[int, int]:
-        """Remove events older than ``before`` and finished sagas started before it (of one
-        tenant, or all). Returns (events removed, sagas removed). Running sagas are kept."""
+    async def prune(self, before: datetime, tenant: str | None = None) -> Pruned:
+        """Retention: remove what is older than ``before`` (of one tenant, or all): events,
+        finished sagas started before it (running ones are kept), inbox results recorded
+        before it and claims made before it that ran out, idempotency keys first used before
+        it. The cost ledger is kept (it holds no customer text, and budgets and reports read
+        it); expired result-cache entries go as new ones are written."""
         ...
 
     async def recorded_result(self, request_id: str) -> Envelope | None:

@@ -20,7 +20,14 @@ from saga.recorder import causal_order
 from service.logs import configure_logging
 from service.settings import REPO_ROOT, Settings
 from service.timeline import saga_summary, timeline_rows
-from service.wiring import ConfigurationError, Service, make_store, make_transport
+from service.wiring import (
+    ACTOR_ALIASES,
+    ALL_SERVICES,
+    ConfigurationError,
+    Service,
+    make_store,
+    make_transport,
+)
 
 app = typer.Typer(
     help="ai-apps: AI services as actors on a message bus, coordinated by sagas.",
@@ -104,7 +111,9 @@ async def _run_inquiries(settings: Settings, paths: list[Path], timeout: float) 
                 reports.append({"file": str(path), "inquiry_id": env.correlationid,
                                 "error": f"no answer within {timeout:g}s"})
                 continue
-            state = await svc.store.load(env.correlationid) if _embedded(settings) else None
+            # the coordinator saved the saga before it published the answer: the store (the
+            # shared one, in a distributed deployment) has its final state
+            state = await _stored_saga(svc, env.correlationid)
             voice = None
             if isinstance(done.data, ResponseReady) and done.data.voice is not None:
                 voice = str(svc.blobs.path(done.data.voice))
@@ -117,6 +126,18 @@ async def _run_inquiries(settings: Settings, paths: list[Path], timeout: float) 
                 "timeline": timeline_rows(state) if state else [],
             })
     return reports
+
+
+async def _stored_saga(svc: Service, saga_id: str) -> Any:
+    """The saga's state in the store; None (no timeline) when the store does not have it or
+    cannot be read, which must not spoil the answer itself."""
+    from saga.store import StoreError
+
+    try:
+        return await svc.store.load(saga_id)
+    except StoreError as exc:
+        err.print(f"[yellow]no timeline:[/yellow] the store cannot be read ({exc})")
+        return None
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -296,17 +317,23 @@ async def _serve(svc: Service) -> None:
     err.print(f"stopped in {loop.time() - stopping:.1f}s")
 
 
+_ACTORS_HELP = (
+    "Comma-separated actors to run: " + ", ".join(ALL_SERVICES) + " ("
+    + ", ".join(f"{alias} = {name}" for alias, name in ACTOR_ALIASES.items()) + ")."
+)
+
+
 @app.command()
 def worker(
-    actors: Annotated[str, typer.Option(
-        help="Comma-separated actors to run: language, vision, translation, responder, speech.",
-    )] = "language,vision,translation,responder,speech",
+    actors: Annotated[str, typer.Option(help=_ACTORS_HELP)] = "language,vision,translation,responder,speech",
 ) -> None:
     """Run a group of actors (competing consumers on the bus) until stopped."""
     settings = _settings()
     chosen = [a.strip() for a in actors.split(",") if a.strip()]
+    if not chosen:
+        raise _fail("--actors: name at least one actor")
     _require_broker(settings, "worker")
-    _run(_serve(Service(settings, coordinator=False, actors=chosen)))
+    _run(_serve(_role(settings, coordinator=False, actors=chosen)))
 
 
 @app.command()
@@ -314,7 +341,16 @@ def coordinator() -> None:
     """Run the saga coordinator and the event recorder until stopped."""
     settings = _settings()
     _require_broker(settings, "coordinator")
-    _run(_serve(Service(settings, coordinator=True, actors=[])))
+    _run(_serve(_role(settings, coordinator=True, actors=[])))
+
+
+def _role(settings: Settings, *, coordinator: bool, actors: list[str]) -> Service:
+    """The :class:`Service` of one role; a configuration error is one ``error:`` line (exit 2),
+    not a traceback."""
+    try:
+        return Service(settings, coordinator=coordinator, actors=actors)
+    except ConfigurationError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _require_broker(settings: Settings, role: str) -> None:
@@ -331,9 +367,15 @@ def _require_broker(settings: Settings, role: str) -> None:
 @dlq_app.command("list")
 def dlq_list(
     group: Annotated[str | None, typer.Option(help="Only this subscriber group.")] = None,
+    limit: Annotated[int, typer.Option(
+        min=1, help="Show the oldest N (at most N are read from each dead-letter queue).",
+    )] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show dead-lettered messages: id, type, group, reason, attempts, time."""
+    """Show the oldest dead-lettered messages: id, type, group, reason, attempts, time.
+
+    They stay where they are; while the listing reads them (a moment) they are invisible to
+    others, so a `dlq redrive` running at that very time may not find one (run it again)."""
     settings = _settings()
     _require_broker(settings, "dlq list")
 
@@ -341,11 +383,13 @@ def dlq_list(
         transport = make_transport(settings)
         await transport.start()
         try:
-            return await transport.dead_letters(group)
+            return await transport.peek_dead_letters(group, limit)
         finally:
             await transport.close()
 
     letters = _run(load())
+    if len(letters) == limit:
+        err.print(f"the oldest {limit} shown; --limit N shows more")
     if as_json:
         sys.stdout.write(json.dumps([
             {"id": d.id, "group": d.group, "type": d.event_type, "reason": d.reason,
@@ -366,7 +410,11 @@ def dlq_redrive(
     ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids; none: all.")] = None,
     group: Annotated[str | None, typer.Option(help="Only this subscriber group.")] = None,
 ) -> None:
-    """Send dead-lettered messages back to their group's queue for another try."""
+    """Send dead-lettered messages back to their group's queue for another try.
+
+    With ids, each queue is read only until they are all found. Without, every letter there
+    when it starts is re-driven (not those that fail again meanwhile). Exits 1 if an id was
+    not found: re-driven already, or held for a moment by a `dlq list` running now."""
     settings = _settings()
     _require_broker(settings, "dlq redrive")
 
@@ -378,7 +426,11 @@ def dlq_redrive(
         finally:
             await transport.close()
 
-    out.print(f"re-driven: {_run(redrive())}")
+    moved = _run(redrive())
+    out.print(f"re-driven: {moved}")
+    if ids and moved < len(set(ids)):
+        raise _fail(f"{len(set(ids)) - moved} of the ids not found (re-driven already, or "
+                    "held by a `dlq list` running now: try again)", 1)
 
 
 @providers_app.command("check")

@@ -29,6 +29,7 @@ from saga.replay import (
     resume,
 )
 from saga.state import SagaState
+from saga.store import Pruned
 from service.settings import Settings
 from service.wiring import Service, make_actors, make_coordinator, make_store, make_transport
 
@@ -155,7 +156,8 @@ def register(app: typer.Typer) -> None:
             help="Age of what to remove: 30d, 12h, 90m (default: AIAPPS_RETENTION_DAYS).")] = "",
         tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
     ) -> None:
-        """Remove events older than the retention age and finished sagas started before it."""
+        """Remove what is older than the retention age: events, finished sagas started before
+        it, the results actors recorded (the inbox) and idempotency keys."""
         settings = Settings()
         if older_than:
             age = parse_age(older_than)
@@ -164,7 +166,7 @@ def register(app: typer.Typer) -> None:
         else:
             raise _fail("give --older-than (e.g. 30d) or set AIAPPS_RETENTION_DAYS")
 
-        async def prune() -> tuple[int, int]:
+        async def prune() -> Pruned:
             store = make_store(settings)
             await store.open()
             try:
@@ -172,8 +174,10 @@ def register(app: typer.Typer) -> None:
             finally:
                 await store.close()
 
-        events, sagas = asyncio.run(prune())
-        out.print(f"removed {events} events and {sagas} finished sagas older than {older_than or age}")
+        done = asyncio.run(prune())
+        out.print(f"removed {done.events} events and {done.sagas} finished sagas older than "
+                  f"{older_than or age}, {done.results} recorded results and "
+                  f"{done.idempotency_keys} idempotency keys")
 
     @app.command("export")
     def export_command(

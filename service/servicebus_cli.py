@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bus.base import ALL_TYPES, RetryPolicy, TransportError
+from bus.base import RetryPolicy, TransportError
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,21 +44,11 @@ def servicebus_target(url: str) -> tuple[str | None, str | None]:
 
 
 def deployment_groups(settings: Settings) -> dict[str, list[str]]:
-    """Every subscriber group of a deployment and the event types it takes: one group per
-    actor the wiring knows (its request type), the saga coordinator's (what its workflows
-    subscribe to) and the event recorder's (every type)."""
-    from bus.memory import InMemoryTransport
-    from saga.coordinator import COORDINATOR_GROUP
-    from saga.memory_store import InMemorySagaStore
-    from saga.recorder import RECORDER_GROUP
-    from service.wiring import ALL_SERVICES, make_coordinator
+    """Every subscriber group of a deployment and the event types it takes
+    (:func:`service.wiring.deployment_topology`)."""
+    from service.wiring import deployment_topology
 
-    groups = {f"actor.{name}": [actor.consumes.event_type] for name, actor in ALL_SERVICES.items()}
-    # built only to ask what it subscribes to: nothing is started
-    coordinator = make_coordinator(settings, InMemoryTransport(), InMemorySagaStore())
-    groups[COORDINATOR_GROUP] = sorted(coordinator.subscribed_types())
-    groups[RECORDER_GROUP] = [ALL_TYPES]
-    return groups
+    return deployment_topology(settings)
 
 
 def default_max_delivery_count(settings: Settings) -> int:

@@ -113,8 +113,9 @@ class Settings(BaseSettings):
 
     retention_days: float | None = Field(
         default=None, gt=0,
-        description="Events and finished sagas older than this are pruned by the coordinator "
-        "(hourly) and by `ai-apps prune`; unset keeps everything.",
+        description="Events, finished sagas, recorded results (the inbox) and idempotency keys "
+        "older than this are pruned by the coordinator (hourly) and by `ai-apps prune`; unset "
+        "keeps everything.",
     )
     fake_latency: float = Field(
         default=0.0, ge=0, description="Seconds every fake provider call takes (tests, benches)."

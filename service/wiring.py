@@ -33,7 +33,7 @@ from actors.services import (
     TranslationActor,
     VisionActor,
 )
-from bus.base import RetryPolicy, Transport
+from bus.base import ALL_TYPES, RetryPolicy, Transport
 from bus.memory import InMemoryTransport
 from events.campaign import CampaignCancelled, CampaignFailed, CampaignReady
 from events.envelope import Envelope
@@ -66,6 +66,29 @@ ALL_SERVICES: dict[str, type[Actor]] = {**SERVICES, **CREATIVE_SERVICES}
 """Every actor by service name: the support capabilities and the creative ones."""
 KNOWN_GROUPS = (COORDINATOR_GROUP, RECORDER_GROUP, *(f"actor.{s}" for s in ALL_SERVICES))
 """The subscriber groups of a deployment, whose dead letters ``ai-apps dlq`` looks at."""
+ACTOR_ALIASES = {"ocr": "vision"}
+"""Other names an actor answers to in ``ai-apps worker --actors``: OCR is done by the vision
+actor (its image analysis reads the text in the image), so ``ocr`` runs ``vision``."""
+
+
+def actor_names(names: Iterable[str]) -> list[str]:
+    """``names`` with aliases resolved (:data:`ACTOR_ALIASES`), each once, in their order.
+    Raises :class:`ConfigurationError` naming every actor (and alias) for an unknown one."""
+    chosen: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        service = ACTOR_ALIASES.get(name, name)
+        if service not in ALL_SERVICES:
+            unknown.append(name)
+        elif service not in chosen:
+            chosen.append(service)
+    if unknown:
+        aliases = ", ".join(f"{a}={s}" for a, s in sorted(ACTOR_ALIASES.items()))
+        raise ConfigurationError(
+            f"unknown actors {unknown}; choose from {', '.join(ALL_SERVICES)} "
+            f"(aliases: {aliases})"
+        )
+    return chosen
 
 
 class ConfigurationError(AiAppsError):
@@ -138,7 +161,8 @@ def make_actors(
     cache: Any = None,
     clock: Clock | None = None,
 ) -> list[Actor]:
-    """The actors of ``services`` (all by default), each with the provider chosen for it.
+    """The actors of ``services`` (all by default; an alias of :data:`ACTOR_ALIASES`, such as
+    ``ocr``, names its actor), each with the provider chosen for it.
     ``overrides`` maps a service to a ready provider object (tests pass fakes this way).
 
     With the result cache on (``settings.cost.cache``), each deterministic provider is wrapped
@@ -147,10 +171,7 @@ def make_actors(
     a ready :class:`actors.cache.ResultCache` to use instead (its ``stats`` are the meter); the
     cache wrappers close it with the last of them. ``clock`` (the service's) times the
     cache's single-flight, as it times the step timeouts."""
-    chosen = list(services) if services is not None else list(ALL_SERVICES)
-    unknown = [s for s in chosen if s not in ALL_SERVICES]
-    if unknown:
-        raise ConfigurationError(f"unknown actors {unknown}; choose from {sorted(ALL_SERVICES)}")
+    chosen = actor_names(services) if services is not None else list(ALL_SERVICES)
     overrides = overrides or {}
     from actors.providers import fake
 
@@ -306,6 +327,23 @@ def make_actors(
     return actors
 
 
+def deployment_topology(
+    settings: Settings, coordinator: SagaCoordinator | None = None
+) -> dict[str, list[str]]:
+    """Every durable subscriber group of a deployment and the event types it takes: one group
+    per actor the wiring knows (its request type), the saga coordinator's (what its workflows
+    subscribe to; ``coordinator``'s when given) and the event recorder's (every type). Every
+    process declares all of them at start (:meth:`Service.start`), and
+    ``ai-apps servicebus provision`` creates them on Service Bus."""
+    groups = {f"actor.{name}": [actor.consumes.event_type] for name, actor in ALL_SERVICES.items()}
+    if coordinator is None:
+        # built only to ask what it subscribes to: nothing is started
+        coordinator = make_coordinator(settings, InMemoryTransport(), InMemorySagaStore())
+    groups[COORDINATOR_GROUP] = sorted(coordinator.subscribed_types())
+    groups[RECORDER_GROUP] = [ALL_TYPES]
+    return groups
+
+
 def make_coordinator(
     settings: Settings, transport: Transport, store: SagaStore, clock: Clock | None = None
 ) -> SagaCoordinator:
@@ -404,6 +442,11 @@ class Service:
         await self.store.open()
         if self.circuits is not None:
             await self.circuits.restore()
+        # the whole topology first, whatever runs here: an inquiry published by a client
+        # before any coordinator ever ran, or a request for a worker group that has not
+        # started yet, waits in its group's durable queue instead of being dropped
+        for group, types in deployment_topology(self.settings, self.coordinator).items():
+            await self.transport.declare(group, types)
         await self.transport.subscribe(
             f"replies.{uuid.uuid4().hex[:12]}", TERMINAL_TYPES, self._on_terminal, ephemeral=True
         )
@@ -418,7 +461,8 @@ class Service:
         await self.transport.start()
 
     async def _prune_forever(self) -> None:
-        """Retention: every hour, drop events and finished sagas past their age."""
+        """Retention: every hour, drop what is past its age (:meth:`SagaStore.prune`: events,
+        finished sagas, inbox results, idempotency keys)."""
         from datetime import UTC, datetime, timedelta
 
         import structlog
@@ -428,9 +472,9 @@ class Service:
         log = structlog.get_logger("service.retention")
         while True:
             try:
-                events, sagas = await self.store.prune(datetime.now(UTC) - age)
-                if events or sagas:
-                    log.info("pruned", events=events, sagas=sagas)
+                pruned = await self.store.prune(datetime.now(UTC) - age)
+                if any(pruned):
+                    log.info("pruned", **pruned._asdict())
             except Exception:  # a failed prune is retried next hour, never fatal
                 log.exception("retention prune failed")
             await asyncio.sleep(3600)

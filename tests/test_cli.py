@@ -94,3 +94,103 @@ class TestRoles:
         result = runner.invoke(app, ["worker", "--actors", "translation"])
         assert result.exit_code == 2
         assert "AIAPPS_BUS=amqp://" in result.output
+
+    def test_worker_help_lists_every_actor_and_the_ocr_alias(self, env: Path) -> None:
+        """`ai-apps worker --help` names every actor the wiring knows, and `ocr`."""
+        from service.wiring import ALL_SERVICES
+
+        result = runner.invoke(app, ["worker", "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        for name in ALL_SERVICES:
+            assert name in text
+        assert "ocr = vision" in text
+
+    @pytest.mark.parametrize("role", [["worker", "--actors", "ocr,nosuch"], ["coordinator"]])
+    def test_configuration_errors_are_one_clean_line(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch, role: list[str]
+    ) -> None:
+        """A role whose configuration is wrong (an unknown actor; a store URL it cannot use)
+        prints `error: …` and exits 2, without a traceback."""
+        monkeypatch.setenv("AIAPPS_BUS", "amqp://guest:guest@127.0.0.1:1/")
+        if role[0] == "coordinator":
+            monkeypatch.setenv("AIAPPS_STORE", "mysql://nowhere/db")
+        result = runner.invoke(app, role)
+        assert result.exit_code == 2, result.output
+        assert "error:" in result.output
+        assert "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        expected = "unknown actors ['nosuch']" if role[0] == "worker" else "AIAPPS_STORE"
+        assert expected in " ".join(result.output.split())
+
+
+@pytest.mark.rabbitmq
+class TestWorkerProcess:
+    async def test_worker_runs_the_ocr_alias_with_translation(self, tmp_path: Path) -> None:
+        """`ai-apps worker --actors ocr,translation`, the issue's own command, runs the vision
+        actor (which does the OCR) and the translation actor until SIGTERM, then exits 0."""
+        import os
+
+        from service.processes import ProcessGroup
+
+        group = ProcessGroup(
+            tmp_path, os.environ.get("AIAPPS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+            f"sqlite:///{tmp_path}/store.db",
+        )
+        try:
+            proc = group.spawn("worker", "worker", "--actors", "ocr,translation")
+            await group.wait_consumers("actor.vision", 1, timeout=60)
+            await group.wait_consumers("actor.translation", 1, timeout=10)
+            assert await group.stop() == []
+            assert proc.returncode == 0, group.log("worker")
+        finally:
+            await group.close()
+
+
+@pytest.mark.rabbitmq
+class TestDeadLetterCommands:
+    def test_list_shows_the_oldest_up_to_its_limit_and_redrive_says_what_it_missed(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`dlq list --limit 2` shows the two oldest of three dead letters (and says more
+        exist); `dlq redrive` of an unknown id exits 1 saying it was not found."""
+        import asyncio
+        import os
+        import uuid
+
+        from bus import RetryPolicy
+        from bus.rabbitmq import RabbitMQTransport
+        from events.errors import InvalidPayload
+        from service.processes import delete_exchange
+        from tests.conformance.transport import dead_letters_eventually, inquiry
+
+        url = os.environ.get("AIAPPS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+        exchange = f"test-{uuid.uuid4().hex[:10]}"
+
+        async def poison() -> None:
+            async def handler(env: object) -> None:
+                raise InvalidPayload("never valid")
+
+            async with RabbitMQTransport(url, exchange=exchange, retry=RetryPolicy(
+                    max_attempts=1)) as t:
+                await t.subscribe("saga-coordinator", ["InquiryReceived"], handler,
+                                  concurrency=1)
+                for i in range(3):
+                    await t.publish(inquiry(correlation=f"dead-{i}"))
+                    await dead_letters_eventually(t, i + 1)
+
+        monkeypatch.setenv("AIAPPS_BUS", url)
+        monkeypatch.setenv("AIAPPS_BUS_EXCHANGE", exchange)
+        try:
+            asyncio.run(poison())
+            listed = runner.invoke(app, ["dlq", "list", "--limit", "2", "--json"])
+            assert listed.exit_code == 0, listed.output
+            rows = json.loads(listed.stdout)
+            assert [r["correlationid"] for r in rows] == ["dead-0", "dead-1"]
+            assert "--limit N shows more" in listed.stderr
+            missed = runner.invoke(app, ["dlq", "redrive", "no-such-id"])
+            assert missed.exit_code == 1
+            assert "re-driven: 0" in missed.output
+            assert "1 of the ids not found" in missed.output
+        finally:
+            asyncio.run(delete_exchange(url, exchange))

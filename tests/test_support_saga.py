@@ -312,3 +312,35 @@ class TestRequiredStepFailure:
             assert done.data.failed_step == "respond"
             assert "permanent" in done.data.reason
             assert isinstance(svc.coordinator, SagaCoordinator)
+
+
+class TestTimerBatch:
+    async def test_one_failing_timer_does_not_hold_back_its_batch(self) -> None:
+        """A timer whose saga cannot be applied (its store read fails) stays leased to fire
+        again later; the other timers of the same batch still fire now."""
+        from datetime import timedelta
+
+        from bus import InMemoryTransport
+        from saga import InMemorySagaStore, ManualClock, SagaCoordinator, SagaState
+        from saga.store import Timer
+        from saga.workflows.support import support_workflow
+        from tests.conformance.store import new_state
+
+        class BrokenLoad(InMemorySagaStore):
+            async def load(self, saga_id: str) -> SagaState | None:
+                if saga_id == "broken":
+                    raise RuntimeError("cannot read this one")
+                return await super().load(saga_id)
+
+        clock = ManualClock()
+        store = BrokenLoad()
+        for saga_id in ("broken", "fine"):
+            due = clock.now() - timedelta(seconds=1)
+            await store.save(new_state(saga_id), expected_version=0, timers=[Timer(
+                id=f"t-{saga_id}", saga_id=saga_id, step="respond", kind="deadline",
+                due_at=due, attempt=1)])
+        coordinator = SagaCoordinator(InMemoryTransport(), store, [support_workflow()],
+                                      clock=clock)
+        assert await coordinator.fire_due_timers() == 1
+        assert [t.id for t in store.timers()] == ["t-broken"]  # "fine" fired and is gone
+        assert await store.due_timers(clock.now()) == []  # "broken" is leased, not lost

@@ -95,10 +95,13 @@ def provider_calls(
         if work is None or not handling.started_ns:
             return  # cancelled before the provider was called: nothing to report
 
-        def report(task: asyncio.Task[Envelope]) -> None:
+        def report(task: asyncio.Task[Envelope | None]) -> None:
             if task.cancelled():
                 return  # cut short at close: its claim runs out, another worker calls again
-            emit(_call(envelope, handling, task.exception(), pricing))
+            error = task.exception()
+            if error is None and task.result() is None:
+                return  # its claim was lost and the call cut short: the new holder reports
+            emit(_call(envelope, handling, error, pricing))
 
         # a done callback runs in a copy of the current context: the delivery's span
         work.add_done_callback(report)

@@ -245,13 +245,46 @@ class StoreContract:
         await store.save(finished, expected_version=0)
         await store.save(new_state("running"), expected_version=0)
         cutoff = T0 + timedelta(days=5)
-        assert await store.prune(cutoff, tenant="default") == (1, 0)
+        assert (await store.prune(cutoff, tenant="default"))[:2] == (1, 0)
         assert [e.id for e in await store.events("s1")] == [new.id]
-        assert await store.prune(cutoff, tenant="t1") == (0, 1)
+        assert (await store.prune(cutoff, tenant="t1"))[:2] == (0, 1)
         assert await store.load("done") is None
         assert await store.load("running") is not None
-        assert await store.prune(cutoff) == (1, 0)
+        pruned = await store.prune(cutoff)
+        assert (pruned.events, pruned.sagas) == (1, 0)
         assert await store.events("s2") == []
+
+    async def test_prune_removes_old_inbox_results_and_idempotency_keys(
+        self, store: SagaStore
+    ) -> None:
+        """Retention covers what else keeps customer data: inbox results (whole result
+        envelopes) recorded before the cutoff and claims that ran out, of one tenant or all,
+        and idempotency keys; a live claim and newer rows stay."""
+        await store.record_result("req-a", tenant_event("s1", "ta"))
+        await store.record_result("req-b", tenant_event("s2", "tb"))
+        assert await store.claim_request("req-live", "w1", 60.0)
+        assert await store.claim_request("req-gone", "w1", 0.0)  # its worker died
+        assert await store.remember_idempotency("ta", "k1", "h1", "s1") is None
+        assert await store.remember_idempotency("tb", "k2", "h2", "s2") is None
+        now = datetime.now(UTC)
+
+        nothing = await store.prune(now - timedelta(hours=1))
+        assert (nothing.results, nothing.idempotency_keys) == (0, 0)
+        assert await store.recorded_result("req-a") is not None
+
+        later = now + timedelta(seconds=5)
+        of_ta = await store.prune(later, tenant="ta")
+        assert (of_ta.results, of_ta.idempotency_keys) == (1, 1)
+        assert await store.recorded_result("req-a") is None
+        assert await store.recorded_result("req-b") is not None
+        assert await store.remember_idempotency("tb", "k2", "h2", "s2") is not None
+
+        rest = await store.prune(later)
+        assert (rest.results, rest.idempotency_keys) == (2, 1)  # req-b and the dead claim
+        assert await store.recorded_result("req-b") is None
+        assert not await store.claim_request("req-live", "w2", 1.0)  # still w1's
+        assert await store.claim_request("req-gone", "w2", 1.0)
+        assert await store.remember_idempotency("ta", "k1", "h1", "s1") is None  # new again
 
     async def test_inbox_records_first_result(self, store: SagaStore) -> None:
         """The first result recorded for a request wins; unknown requests have none."""

@@ -269,6 +269,57 @@ class TransportContract:
         await eventually(lambda: got == ["later"])
         assert await transport.dead_letters() == []
 
+    async def test_a_declared_group_keeps_events_for_its_first_consumer(
+        self, transport: Transport
+    ) -> None:
+        """Events published after a group is declared, before any consumer of it subscribed,
+        are delivered once one does; events before the declaration are not kept."""
+        await transport.start()
+        await transport.publish(inquiry(correlation="before"))
+        await transport.declare("late", [InquiryReceived.event_type])
+        await transport.declare("late", [InquiryReceived.event_type])  # idempotent
+        await transport.publish(inquiry(correlation="waiting-1"))
+        await transport.publish(inquiry(correlation="waiting-2"))
+        await asyncio.sleep(0.2)
+        got: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            got.append(env.correlationid)
+
+        await transport.subscribe("late", [InquiryReceived.event_type], handler)
+        await eventually(lambda: len(got) == 2)
+        await asyncio.sleep(0.2)
+        assert sorted(got) == ["waiting-1", "waiting-2"]
+
+    async def test_declare_refuses_an_ephemeral_group(self, transport: Transport) -> None:
+        """An ephemeral group has no durable queue to declare."""
+
+        async def handler(env: Envelope) -> None:
+            return None
+
+        await transport.subscribe("replies", [InquiryReceived.event_type], handler, ephemeral=True)
+        with pytest.raises(ValueError, match="ephemeral"):
+            await transport.declare("replies", [InquiryReceived.event_type])
+
+    async def test_peek_dead_letters_reads_the_oldest_few(self, transport: Transport) -> None:
+        """peek_dead_letters gives the oldest ``limit`` dead letters and leaves every one in
+        place; a limit below 1 is refused."""
+
+        async def handler(env: Envelope) -> None:
+            raise Permanent("no use")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler, concurrency=1)
+        await transport.start()
+        for i in range(3):
+            await transport.publish(inquiry(correlation=f"dead-{i}"))
+            await dead_letters_eventually(transport, i + 1)
+        first = await transport.peek_dead_letters(limit=2)
+        assert [d.correlationid for d in first] == ["dead-0", "dead-1"]
+        assert [d.correlationid for d in await transport.peek_dead_letters("g", 1)] == ["dead-0"]
+        assert len(await transport.dead_letters()) == 3
+        with pytest.raises(ValueError, match="limit"):
+            await transport.peek_dead_letters(limit=0)
+
     async def test_wire_format_is_a_structured_cloudevent(self, transport: Transport) -> None:
         """What travels is a CloudEvents 1.0 JSON object with our extensions."""
         body = json.loads(encode(inquiry(7)))

@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from events.envelope import Envelope, decode
+from saga.state import SagaState, StepStatus
 from service import Service
 from service.processes import ProcessGroup
 
@@ -79,6 +81,61 @@ class Cluster(ProcessGroup):
         finally:
             await conn.close()
         return Counter(r["correlation_id"] for r in rows)
+
+    async def sagas(self) -> list[SagaState]:
+        """Every saga in the shared store, as the coordinators saved it."""
+        conn = await asyncpg.connect(self.store)
+        try:
+            rows = await conn.fetch(f"SELECT state FROM {self.schema}.sagas")
+        finally:
+            await conn.close()
+        return [SagaState.model_validate_json(r["state"]) for r in rows]
+
+    async def ready_messages(self, group: str) -> int:
+        """Messages waiting in the group's queue (0 when it does not exist)."""
+        import aio_pika
+
+        connection = await aio_pika.connect(self.amqp)
+        try:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(f"{self.exchange}.{group}", passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                return 0
+            return queue.declaration_result.message_count or 0
+        finally:
+            await connection.close()
+
+    async def events(self, correlation_id: str) -> list[Envelope]:
+        """A request's events in the shared event store, in store order."""
+        conn = await asyncpg.connect(self.store)
+        try:
+            rows = await conn.fetch(
+                f"SELECT body FROM {self.schema}.events WHERE correlation_id = $1 ORDER BY seq",
+                correlation_id,
+            )
+        finally:
+            await conn.close()
+        return [decode(r["body"]) for r in rows]
+
+    async def timers_left(self) -> int:
+        conn = await asyncpg.connect(self.store)
+        try:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {self.schema}.timers"))
+        finally:
+            await conn.close()
+
+    async def redispatched_steps(self) -> list[tuple[str, str, int, str]]:
+        """(saga, step, attempts, status) of every step that was not dispatched exactly once
+        (a step skipped by its condition, or a fan-out parent, is dispatched never and is left
+        out). A request lost on the way and sent again by the saga's deadline shows here."""
+        return [
+            (state.id, step.key, step.attempts, step.status.value)
+            for state in await self.sagas()
+            for step in state.steps.values()
+            if step.status not in (StepStatus.SKIPPED, StepStatus.EXPANDED)
+            and step.attempts != 1
+        ]
 
     async def close(self) -> list[str]:
         killed = await super().close()

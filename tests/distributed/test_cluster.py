@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -18,6 +17,8 @@ from events import InquiryReceived, ResponseReady
 from service.settings import REPO_ROOT
 from service.testing import make_inquiry
 from tests.distributed.cluster import Cluster
+from tests.distributed.cluster import amqp_url as cluster_amqp_url
+from tests.rabbitmqctl import rabbitmqctl, require_restartable
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow]
 
@@ -73,8 +74,57 @@ class TestDistributedRun:
         assert set(counts) == {i.inquiry_id for i in items}
         assert set(counts.values()) == {1}
         assert cluster.double_charges() == []
+        assert await cluster.redispatched_steps() == []
         pids = {c["pid"] for c in cluster.charges() if c["capability"] == "respond"}
         assert len(pids) == 2, "both workers should have taken requests"
+
+    async def test_two_coordinators_fire_each_deadline_once(self, tmp_path: Path) -> None:
+        """Two coordinator processes on one database, and a responder slower than its step's
+        timeout: each respond dispatch times out exactly once (its deadline fired once, by
+        one coordinator, as their logs show), is retried once, times out again and falls back;
+        every saga ends in one terminal event; both coordinators fired timers; none is left."""
+        cluster = Cluster(
+            tmp_path, AIAPPS_FAKE_LATENCY="0.6", AIAPPS_STEP_TIMEOUTS='{"respond": 0.3}',
+            AIAPPS_STEP_MAX_ATTEMPTS="2", AIAPPS_BREAKER_FAILURE_THRESHOLD="1000000",
+        )
+        try:
+            await start(cluster, coordinators=2, workers=1)
+            items = inquiries(24, "late")
+            async with cluster.client() as client:
+                for item in items:  # spread out, so deadlines come due over many scans
+                    await client.submit(item)
+                    await asyncio.sleep(0.05)
+                done = await asyncio.gather(*(client.wait(i.inquiry_id, 90) for i in items))
+            assert all(isinstance(e.data, ResponseReady) for e in done)
+            assert all(e.data.degraded == ("respond",) for e in done)  # type: ignore[union-attr]
+            counts = await recorded(cluster, 24)
+            assert set(counts.values()) == {1}
+            for state in await cluster.sagas():
+                respond = state.steps["respond"]
+                assert (respond.status.value, respond.attempts) == ("fallback", 2), state.id
+                assert respond.error is not None
+                assert respond.error.error_class == "timeout"
+                # one request per dispatch: a deadline fired twice would have sent a third
+                requests = [e for e in await cluster.events(state.id)
+                            if e.type == "GenerateResponseRequested"]
+                assert len(requests) == 2, state.id
+            assert await cluster.timers_left() == 0
+            # what each coordinator fired, from its log: every timer once, by one of them
+            fired: Counter[tuple[str, str, str, int]] = Counter()
+            by: dict[str, int] = {}
+            for name in ("coordinator-0", "coordinator-1"):
+                lines = [json.loads(line) for line in cluster.log(name).splitlines()
+                         if line.startswith("{")]
+                mine = [(e["saga"], e["step"], e["kind"], e["attempt"]) for e in lines
+                        if e.get("event") == "timer fired"]
+                fired.update(mine)
+                by[name] = len(mine)
+            # per saga: the deadline of each of the two dispatches, and the retry between
+            assert len(fired) == 24 * 3
+            assert set(fired.values()) == {1}, [k for k, n in fired.items() if n > 1]
+            assert all(n > 0 for n in by.values()), f"one coordinator fired nothing: {by}"
+        finally:
+            await cluster.close()
 
     async def test_killed_worker_messages_are_redelivered(self, tmp_path: Path) -> None:
         """kill -9 of a worker holding unacknowledged messages: they go to the other worker;
@@ -100,6 +150,7 @@ class TestDistributedRun:
             counts = await recorded(cluster, 40)
             assert set(counts.values()) == {1}
             assert cluster.double_charges() == []
+            assert await cluster.redispatched_steps() == []
             redone = {json.dumps(c["args"]) for c in in_flight}
             survivors = {json.dumps(c["args"]) for c in cluster.charges()
                          if c["event"] == "charge" and c["pid"] != victim}
@@ -114,8 +165,7 @@ class TestDistributedRun:
 
         Opt-in like the transport's restart test (``AIAPPS_TEST_RESTART_BROKER=1``, set by CI,
         which owns the broker): it breaks every other client of the broker."""
-        if not os.environ.get("AIAPPS_TEST_RESTART_BROKER"):
-            pytest.skip("restarts the shared broker: set AIAPPS_TEST_RESTART_BROKER=1 to run")
+        await require_restartable(cluster_amqp_url())
         cluster = Cluster(tmp_path, AIAPPS_FAKE_LATENCY="0.2")
         try:
             await start(cluster, coordinators=1, workers=2)
@@ -124,16 +174,60 @@ class TestDistributedRun:
             async with asyncio.timeout(30):
                 while not cluster.charges():
                     await asyncio.sleep(0.02)
-            await _rabbitmqctl("stop_app")
+            await rabbitmqctl("stop_app")
             await asyncio.sleep(2)
-            await _rabbitmqctl("start_app")
+            await rabbitmqctl("start_app")
             done = await task
             assert len(done) == 30
+            assert all(isinstance(e.data, ResponseReady) for e in done.values())
+            assert all(e.data.degraded == () for e in done.values())  # type: ignore[union-attr]
             counts = await recorded(cluster, 30)
             assert set(counts.values()) == {1}
             assert cluster.double_charges() == []
+            # nothing lost and sent again by a saga deadline: every step dispatched once
+            assert await cluster.redispatched_steps() == []
         finally:
             await cluster.close()
+
+    async def test_an_inquiry_published_before_any_coordinator_ran_completes(
+        self, cluster: Cluster, tmp_path: Path
+    ) -> None:
+        """`ai-apps inquiry` on an exchange no process has used yet, before any coordinator
+        ever ran: the inquiry waits in the coordinator's durable queue (every process declares
+        the whole topology at start). The coordinator then dispatches its requests before any
+        worker ran: they wait in the actors' queues. Once both are up the inquiry completes,
+        every step dispatched once, and the command prints the saga's timeline from the
+        shared store."""
+        path = tmp_path / "early.json"
+        path.write_text(json.dumps({"inquiry_id": "early-1", "customer": {"id": "c1"},
+                                    "message": "my order is late", "language": "es"}))
+        command = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", "inquiry", str(path), "--json",
+            "--timeout", "60", env=cluster.env, cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(30):  # published, with nobody to take it
+                while await cluster.ready_messages("saga-coordinator") < 1:
+                    await asyncio.sleep(0.1)
+            cluster.spawn("coordinator-0", "coordinator")
+            async with asyncio.timeout(30):  # the coordinator took it and sent the requests
+                while not any(s.id == "early-1" for s in await cluster.sagas()):
+                    await asyncio.sleep(0.1)
+            cluster.spawn("worker-0", "worker", "--actors", ALL)
+            stdout, stderr = await asyncio.wait_for(command.communicate(), 90)
+        finally:
+            if command.returncode is None:
+                command.kill()
+                await command.wait()
+        assert command.returncode == 0, stdout.decode() + stderr.decode()
+        (report,) = json.loads(stdout)
+        assert report["type"] == "ResponseReady"
+        assert report["result"]["degraded"] == []
+        assert {"translate_in", "respond", "translate_out"} <= {
+            row["step"] for row in report["timeline"]
+        }
+        assert await cluster.redispatched_steps() == []
 
     async def test_poison_message_dead_lettered_listed_and_redriven(
         self, cluster: Cluster
@@ -185,9 +279,3 @@ def _cli(cluster: Cluster, *args: str) -> str:
     return result.stdout
 
 
-async def _rabbitmqctl(command: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", command, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert await proc.wait() == 0
