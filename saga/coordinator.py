@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from pydantic import Field
@@ -37,7 +38,7 @@ from saga.breaker import BreakerRegistry
 from saga.budget import CostControl, Spending
 from saga.clock import Clock, SystemClock
 from saga.state import SagaState, SagaStatus, StepError, StepState, StepStatus, StoredEvent
-from saga.store import ConcurrencyError, CostEntry, SagaStore, Timer
+from saga.store import ConcurrencyError, CostEntry, Reservation, SagaStore, Timer
 from saga.workflow import SagaView, Workflow
 
 log = structlog.get_logger("saga.coordinator")
@@ -66,8 +67,20 @@ class _Changes:
     ended: bool = False
     ledger: list[CostEntry] = field(default_factory=list)
     """The provider results accepted, for the cost ledger (written by the same save)."""
+    reserve: list[Reservation] = field(default_factory=list)
+    """The estimates of the calls dispatched, held against the tenant's budget."""
+    release: list[str] = field(default_factory=list)
+    """Request ids whose reservations end (their calls failed, timed out, were cancelled or
+    answered)."""
+    released: Decimal = Decimal(0)
+    """What the reservations released here held when the tenant's spend was read."""
     cause: str | None = None
     """The event that caused these changes (their ``causationid``); None for a timer."""
+
+    def unrecorded(self) -> Decimal:
+        """What these changes add to the tenant's spend and reservations as read before."""
+        return (sum((e.cost for e in self.ledger), Decimal(0))
+                + sum((r.amount for r in self.reserve), Decimal(0)) - self.released)
 
     def emit(self, state: SagaState, event: Event, subject: str | None, now: datetime) -> Envelope:
         envelope = state.start_envelope().follow(event, source=SOURCE, subject=subject, time=now)
@@ -114,6 +127,9 @@ class SagaCoordinator:
         self.outbox_interval = outbox_interval
         self.concurrency = concurrency
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
         self._timer_task: asyncio.Task[None] | None = None
@@ -225,29 +241,35 @@ class SagaCoordinator:
             for _ in range(20):
                 state = await self.store.load(saga_id)
                 expected = state.version if state else 0
-                spending = await self._tenant_spending(state.tenant if state else tenant)
-                # no await between setting it and the change: concurrent sagas never see
-                # another's spend
-                self._spending = spending
-                try:
-                    result = change(state)
-                finally:
-                    self._spending = None
-                if result is None:
-                    return
-                new_state, changes = result
-                try:
-                    await self.store.save(
-                        new_state,
-                        expected_version=expected,
-                        outbox=changes.outbox,
-                        timers=changes.timers,
-                        cancel_timers_of=new_state.id if changes.ended else None,
-                        costs=changes.ledger,
-                    )
-                except ConcurrencyError:
-                    log.info("saga changed concurrently; reapplying", saga=saga_id)
-                    continue
+                who = state.tenant if state else tenant
+                # a tenant's budget checks take turns in this process, from reading its spend
+                # to saving what they reserved: a saga never misses another's calls in flight
+                async with self._budget_turn(who):
+                    spending = await self._tenant_spending(who)
+                    # no await between setting it and the change: concurrent sagas never see
+                    # another's spend
+                    self._spending = spending
+                    try:
+                        result = change(state)
+                    finally:
+                        self._spending = None
+                    if result is None:
+                        return
+                    new_state, changes = result
+                    try:
+                        await self.store.save(
+                            new_state,
+                            expected_version=expected,
+                            outbox=changes.outbox,
+                            timers=changes.timers,
+                            cancel_timers_of=new_state.id if changes.ended else None,
+                            costs=changes.ledger,
+                            reserve=changes.reserve,
+                            release=changes.release,
+                        )
+                    except ConcurrencyError:
+                        log.info("saga changed concurrently; reapplying", saga=saga_id)
+                        continue
                 break
             else:
                 raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
@@ -295,6 +317,7 @@ class SagaCoordinator:
         workflow = self.workflows[state.workflow]
         changes = _Changes(cause=envelope.id)
         now = self.clock.now()
+        self._release(state, step, changes, now)
         breaker = self.breakers.get(step.service)
         if isinstance(envelope.data, StepFailed):
             failure = envelope.data
@@ -351,6 +374,7 @@ class SagaCoordinator:
         workflow = self.workflows[state.workflow]
         changes = _Changes()
         if timer.kind == "deadline" and step.status is StepStatus.DISPATCHED:
+            self._release(state, step, changes, self.clock.now())
             self.breakers.get(step.service).record_failure(self.clock.now())
             timeout = workflow.step(step.name).timeout
             error = StepError(
@@ -470,10 +494,11 @@ class SagaCoordinator:
             return
         request = definition.request(SagaView(state, step.item))
         step.degradation = None  # decided afresh at each dispatch (a retry, a resume)
+        step.reserved = None
         if self.costs is not None:
             decision = self.costs.decide(
-                state, step, request, self._spending,
-                sum((e.cost for e in changes.ledger), Decimal(0)), definition.on_budget,
+                state, step, request, self._spending, changes.unrecorded(),
+                definition.on_budget,
             )
             if decision.request is None:
                 # refused before any call: nothing is paid, and the workflow degrades
@@ -481,11 +506,13 @@ class SagaCoordinator:
                 self._give_up(workflow, state, step, f"budget: {decision.reason}", changes)
                 return
             if decision.reason is not None:
-                # sent degraded (a cheaper model): the step says so, and the saga is degraded
+                # sent degraded (a cheaper model, a cached answer only): the step says so,
+                # and the saga is degraded
                 request = decision.request
                 step.degradation = f"budget: {decision.reason}"
                 log.warning("step degraded", saga=state.id, step=step.key,
                             reason=step.degradation)
+            step.reserved = decision.estimate or None
         envelope = changes.emit(state, request, step.key, now)
         step.status = StepStatus.DISPATCHED
         step.attempts += 1
@@ -493,6 +520,30 @@ class SagaCoordinator:
         step.started_at = step.started_at or now
         step.deadline = now + timedelta(seconds=definition.timeout)
         changes.timers.append(self._timer(state, step, "deadline", definition.timeout))
+        if self.costs is not None and (held := self.costs.reservation(state, step, now)):
+            changes.reserve.append(held)
+
+    def _release(
+        self, state: SagaState, step: StepState, changes: _Changes, now: datetime
+    ) -> None:
+        """The step's call is over (answered, failed, timed out, cancelled): what it held
+        against the budgets is released (its result's ledger entry, if any, replaces it)."""
+        held, step.reserved = step.reserved, None
+        if (held is None or step.status is not StepStatus.DISPATCHED or self.costs is None
+                or step.request_id is None or not self.costs.reserves_for(state.tenant)):
+            return
+        changes.release.append(step.request_id)
+        if step.deadline is None or step.deadline > now:  # still counted when spend was read
+            changes.released += held
+
+    def _budget_turn(self, tenant: str | None) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The tenant's turn at its budget in this process (no turn without a budget)."""
+        if self.costs is None or tenant is None or not self.costs.reserves_for(tenant):
+            return contextlib.nullcontext()
+        lock = self._tenant_locks.get(tenant)
+        if lock is None:
+            lock = self._tenant_locks[tenant] = asyncio.Lock()
+        return lock
 
     async def _tenant_spending(self, tenant: str | None) -> Spending | None:
         if self.costs is None or tenant is None:
@@ -521,6 +572,7 @@ class SagaCoordinator:
         for other in state.steps.values():
             if other.status in (StepStatus.DISPATCHED, StepStatus.WAITING_RETRY,
                                 StepStatus.PENDING):
+                self._release(state, other, changes, state.finished_at)
                 other.status = StepStatus.CANCELLED
         for other in state.steps.values():
             definition = workflow.step(other.name)

@@ -16,6 +16,7 @@ from saga.store import (
     CostGroup,
     CostRow,
     IdempotencyRecord,
+    Reservation,
     StoreError,
     Timer,
     report,
@@ -40,6 +41,7 @@ class InMemorySagaStore:
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._cache: dict[str, tuple[bytes, datetime]] = {}
         self._ledger: dict[str, CostEntry] = {}
+        self._reservations: dict[str, Reservation] = {}
 
     async def open(self) -> None:
         return None
@@ -60,6 +62,8 @@ class InMemorySagaStore:
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
         costs: Sequence[CostEntry] = (),
+        reserve: Sequence[Reservation] = (),
+        release: Sequence[str] = (),
     ) -> SagaState:
         current = self._sagas.get(state.id)
         version = SagaState.model_validate_json(current).version if current else 0
@@ -74,6 +78,10 @@ class InMemorySagaStore:
         self._sagas[state.id] = body
         for entry in costs:
             self._ledger.setdefault(entry.id, entry)
+        for rid in (*release, *(e.id for e in costs)):
+            self._reservations.pop(rid, None)
+        for reservation in reserve:
+            self._reservations.setdefault(reservation.id, reservation)
         for eid, raw in encoded:
             self._outbox[eid] = (time.monotonic(), raw)
         if cancel_timers_of is not None:
@@ -145,6 +153,8 @@ class InMemorySagaStore:
                     and (tenant is None or state.tenant == tenant)):
                 del self._sagas[sid]
                 sagas += 1
+        for rid in [r.id for r in self._reservations.values() if r.expires_at < before]:
+            del self._reservations[rid]  # expired long ago: they count for nothing
         return events, sagas
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
@@ -243,6 +253,14 @@ class InMemorySagaStore:
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         for entry in entries:
             self._ledger.setdefault(entry.id, entry)
+            self._reservations.pop(entry.id, None)
+
+    async def reserved(self, tenant: str, now: datetime) -> Decimal:
+        return sum(
+            (r.amount for r in self._reservations.values()
+             if r.tenant == tenant and r.expires_at > now),
+            Decimal(0),
+        )
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:
         return sum(

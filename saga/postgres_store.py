@@ -62,6 +62,7 @@ from saga.store import (
     CostGroup,
     CostRow,
     IdempotencyRecord,
+    Reservation,
     StoreError,
     Timer,
 )
@@ -161,6 +162,17 @@ CREATE TABLE IF NOT EXISTS {s}.cost_ledger (
 );
 CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON {s}.cost_ledger (tenant, at);
 CREATE INDEX IF NOT EXISTS cost_ledger_at ON {s}.cost_ledger (at);
+CREATE TABLE IF NOT EXISTS {s}.cost_reservations (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    amount NUMERIC NOT NULL,
+    at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_reservations_tenant
+    ON {s}.cost_reservations (tenant, expires_at);
 CREATE TABLE IF NOT EXISTS {s}.result_cache (
     key TEXT PRIMARY KEY,
     value BYTEA NOT NULL,
@@ -334,6 +346,8 @@ class PostgresSagaStore:
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
         costs: Sequence[CostEntry] = (),
+        reserve: Sequence[Reservation] = (),
+        release: Sequence[str] = (),
     ) -> SagaState:
         saved = state.model_copy(update={"version": expected_version + 1})
         body = saved.model_dump_json()
@@ -353,6 +367,16 @@ class PostgresSagaStore:
                 raise ConcurrencyError(f"saga {state.id} is not at version {expected_version}")
             if costs:
                 await conn.execute(sql.insert_costs, *_ledger_columns(costs))
+            released = [*release, *(e.id for e in costs)]
+            if released:
+                await conn.execute(sql.release_reservations, released)
+            if reserve:
+                await conn.execute(
+                    sql.insert_reservations, [r.id for r in reserve],
+                    [r.tenant for r in reserve], [r.correlation_id for r in reserve],
+                    [r.step for r in reserve], [r.amount for r in reserve],
+                    [r.at for r in reserve], [r.expires_at for r in reserve],
+                )
             if outbox:
                 await conn.execute(
                     sql.insert_outbox,
@@ -530,6 +554,10 @@ class PostgresSagaStore:
                 f"DELETE FROM {s}.sagas WHERE status != 'running' AND started_at < $1"
                 " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
             )
+            # reservations expired long ago count for nothing
+            await conn.execute(
+                f"DELETE FROM {s}.cost_reservations WHERE expires_at < $1", before
+            )
         return int(events.split()[-1]), int(sagas.split()[-1])
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
@@ -568,8 +596,18 @@ class PostgresSagaStore:
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         if not entries:
             return
-        async with self._connection("record_cost") as conn:
+        async with self._connection("record_cost") as conn, conn.transaction():
             await conn.execute(self._sql.insert_costs, *_ledger_columns(entries))
+            await conn.execute(self._sql.release_reservations, [e.id for e in entries])
+
+    async def reserved(self, tenant: str, now: datetime) -> Decimal:
+        s = self._sql.s
+        async with self._connection("reserved") as conn:
+            value = await conn.fetchval(
+                f"SELECT COALESCE(SUM(amount), 0) FROM {s}.cost_reservations"
+                " WHERE tenant = $1 AND expires_at > $2", tenant, now,
+            )
+        return Decimal(value)
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:
         s = self._sql.s
@@ -685,6 +723,16 @@ class _Statements:
             " $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::text[],"
             " $12::text[], $13::timestamptz[], $14::boolean[])"
             " ON CONFLICT (id) DO NOTHING"
+        )
+        self.insert_reservations = (
+            f"INSERT INTO {s}.cost_reservations"
+            " (id, tenant, correlation_id, step, amount, at, expires_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+            " $5::numeric[], $6::timestamptz[], $7::timestamptz[])"
+            " ON CONFLICT (id) DO NOTHING"
+        )
+        self.release_reservations = (
+            f"DELETE FROM {s}.cost_reservations WHERE id = ANY($1::text[])"
         )
         self.claim_due_timers = (
             f"WITH picked AS (SELECT id FROM {s}.timers WHERE due_at <= $1"

@@ -22,6 +22,7 @@ from saga.store import (
     CostGroup,
     CostRow,
     IdempotencyRecord,
+    Reservation,
     StoreError,
     Timer,
     report,
@@ -109,6 +110,16 @@ CREATE TABLE IF NOT EXISTS cost_ledger (
 );
 CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON cost_ledger (tenant, at);
 CREATE INDEX IF NOT EXISTS cost_ledger_at ON cost_ledger (at);
+CREATE TABLE IF NOT EXISTS cost_reservations (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_reservations_tenant ON cost_reservations (tenant, expires_at);
 CREATE TABLE IF NOT EXISTS result_cache (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL,
@@ -128,6 +139,13 @@ _INSERT_LEDGER = (
     "INSERT INTO cost_ledger (" + _LEDGER_COLUMNS + ")"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
+
+
+_INSERT_RESERVATION = (
+    "INSERT INTO cost_reservations (id, tenant, correlation_id, step, amount, at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+_DELETE_RESERVATION = "DELETE FROM cost_reservations WHERE id = ?"
 
 
 def _ts(value: datetime) -> str:
@@ -201,6 +219,8 @@ class SqliteSagaStore:
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
         costs: Sequence[CostEntry] = (),
+        reserve: Sequence[Reservation] = (),
+        release: Sequence[str] = (),
     ) -> SagaState:
         saved = state.model_copy(update={"version": expected_version + 1})
         body = saved.model_dump_json()
@@ -228,6 +248,14 @@ class SqliteSagaStore:
                     )
                 if costs:
                     await db.executemany(_INSERT_LEDGER, _ledger_rows(costs))
+                released = [*release, *(e.id for e in costs)]
+                if released:
+                    await db.executemany(_DELETE_RESERVATION, [(r,) for r in released])
+                if reserve:
+                    await db.executemany(_INSERT_RESERVATION, [
+                        (r.id, r.tenant, r.correlation_id, r.step, str(r.amount), _ts(r.at),
+                         _ts(r.expires_at)) for r in reserve
+                    ])
                 if outbox:
                     await db.executemany(
                         "INSERT OR IGNORE INTO outbox (event_id, saga_id, body) VALUES (?, ?, ?)",
@@ -337,6 +365,10 @@ class SqliteSagaStore:
             sagas = await self.db.execute(
                 f"DELETE FROM sagas WHERE status != 'running' AND started_at < ?{where_tenant}",
                 (_ts(before), *extra),
+            )
+            # reservations expired long ago count for nothing
+            await self.db.execute(
+                "DELETE FROM cost_reservations WHERE expires_at < ?", (_ts(before),)
             )
             await self.db.commit()
         return events.rowcount, sagas.rowcount
@@ -498,6 +530,7 @@ class SqliteSagaStore:
         async with self._lock:
             try:
                 await self.db.executemany(_INSERT_LEDGER, _ledger_rows(entries))
+                await self.db.executemany(_DELETE_RESERVATION, [(e.id,) for e in entries])
                 await self.db.commit()
             except BaseException:
                 await self.db.rollback()
@@ -507,6 +540,14 @@ class SqliteSagaStore:
         # costs are exact decimals kept as text; summed here, not as SQLite floats
         async with self.db.execute(
             "SELECT cost FROM cost_ledger WHERE tenant = ? AND at >= ?", (tenant, _ts(since))
+        ) as found:
+            rows = await found.fetchall()
+        return sum((Decimal(str(r[0])) for r in rows), Decimal(0))
+
+    async def reserved(self, tenant: str, now: datetime) -> Decimal:
+        async with self.db.execute(
+            "SELECT amount FROM cost_reservations WHERE tenant = ? AND expires_at > ?",
+            (tenant, _ts(now)),
         ) as found:
             rows = await found.fetchall()
         return sum((Decimal(str(r[0])) for r in rows), Decimal(0))

@@ -4,6 +4,7 @@ concurrency, serialisable as JSON."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -83,8 +84,12 @@ class StepState(BaseModel):
     error: StepError | None = None
     fallback_reason: str | None = None
     degradation: str | None = None
-    """Set when the step was dispatched degraded (on a cheaper model because of a budget):
-    what was done and why, e.g. ``budget: used gpt-4o-mini instead of gpt-4o …``."""
+    """Set when the step was dispatched degraded by a budget (on a cheaper model, or asking
+    for a cached answer only): what was done and why, e.g. ``budget: used gpt-4o-mini
+    instead of gpt-4o …``."""
+    reserved: Decimal | None = None
+    """While dispatched: what the call is estimated to cost, held against the budgets until
+    its result (or failure, timeout, cancellation) comes (None: nothing held)."""
     branches: list[str] = Field(default_factory=list)
 
 
