@@ -23,6 +23,7 @@ from typing import ClassVar, Protocol
 import structlog
 
 from actors.blobstore import BlobNotFound
+from actors.cache import NotCachedError, answering_from_cache_only, serves_from_cache
 from actors.errors import PermanentError, ProviderError, ThrottledError
 from bus.base import Handler, Transport
 from events.base import Event
@@ -212,9 +213,18 @@ class ActorRuntime:
         """Call the provider (renewing the claim meanwhile) and record the reply in the inbox."""
         source = f"/ai-apps/actors/{actor.service}"
         handling.started_ns = time.time_ns()
+        # over budget the coordinator asks for a cached answer only: the provider is never
+        # called, so a provider without the result cache cannot answer at all
+        cache_only = getattr(envelope.data, "cache_only", None) is True
         try:
+            if cache_only and not serves_from_cache(actor.provider):
+                raise NotCachedError(
+                    f"not cached, over budget: {actor.service} has no result cache here, and "
+                    "the budget allows no call", provider=actor.service,
+                )
             async with asyncio.timeout(actor.call_timeout), self._holding(envelope, owner):
-                result = await actor.perform(envelope.data)
+                with answering_from_cache_only(cache_only):
+                    result = await actor.perform(envelope.data)
         except ProviderError as exc:
             result = _failure(actor, envelope, exc)
         except BlobNotFound as exc:

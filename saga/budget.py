@@ -200,7 +200,7 @@ class CostControl:
                     continue
                 return BudgetDecision(
                     option.apply(request),
-                    f"answered from the result cache only, nothing paid: {refusal}",
+                    f"asked for a cached answer only (nothing paid): {refusal}",
                 )
             if not option.applies_to(request):
                 notes.append(f"{type(request).__name__} cannot ask for a cheaper model")

@@ -33,7 +33,7 @@ from pydantic import Field
 from bus.base import Transport
 from events.base import Event, event
 from events.envelope import Envelope
-from events.support import StepFailed
+from events.support import NOT_CACHED, StepFailed
 from saga.breaker import BreakerRegistry
 from saga.budget import CostControl, Spending
 from saga.clock import Clock, SystemClock
@@ -321,12 +321,18 @@ class SagaCoordinator:
         breaker = self.breakers.get(step.service)
         if isinstance(envelope.data, StepFailed):
             failure = envelope.data
-            breaker.record_failure(now)
-            error = StepError(
-                error_class=failure.error_class, message=failure.message,
-                retryable=failure.retryable,
-            )
-            self._failed(workflow, state, step, error, failure.retry_after, changes)
+            if failure.error_class == NOT_CACHED and step.degradation is not None:
+                # asked for a cached answer only (over budget) and there was none: refused
+                # after all, for the budget's reason; no fault of the service
+                self._give_up(workflow, state, step, f"{step.degradation}; none was cached",
+                              changes)
+            else:
+                breaker.record_failure(now)
+                error = StepError(
+                    error_class=failure.error_class, message=failure.message,
+                    retryable=failure.retryable,
+                )
+                self._failed(workflow, state, step, error, failure.retry_after, changes)
         else:
             breaker.record_success()
             step.status = StepStatus.SUCCEEDED

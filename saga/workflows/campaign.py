@@ -38,7 +38,7 @@ from events.common import BlobRef
 from events.support import SpeechSynthesized, TextTranslated, TranslateTextRequested
 from events.support import SynthesizeSpeechRequested as SpeechRequest
 from saga.state import StepStatus
-from saga.workflow import RequestBuilder, SagaView, Step, StepRetry, Workflow
+from saga.workflow import CACHED_ONLY, RequestBuilder, SagaView, Step, StepRetry, Workflow
 
 ASSET_STEPS = ("concepts", "visual", "voice")
 """The steps whose results are files in the blob store, deleted by compensation."""
@@ -285,13 +285,14 @@ def campaign_workflow(
              timeout=t["concepts"], retry=r, compensate=_delete("concepts"), max_parallel=n),
         Step("translate", "translation", _translate, needs=("concepts",), for_each=_to_translate,
              when=lambda v: bool(_to_translate(v)), timeout=t["translate"], retry=r,
-             fallback=_no_result, max_parallel=n),
+             fallback=_no_result, max_parallel=n, on_budget=CACHED_ONLY),
         Step("visual", "imagegen", _visual, needs=("translate",), for_each=_localised,
              when=lambda v: bool(_localised(v)), timeout=t["visual"], retry=r,
              fallback=_no_result, compensate=_delete("visual"), max_parallel=n),
         Step("voice", "speech", _voice, needs=("translate",), for_each=_localised,
              when=lambda v: bool(_localised(v)), timeout=t["voice"], retry=r,
-             fallback=_no_result, compensate=_delete("voice"), max_parallel=n),
+             fallback=_no_result, compensate=_delete("voice"), max_parallel=n,
+             on_budget=CACHED_ONLY),
         Step("compliance", "compliance", _check, needs=("visual",), for_each=_with_visual,
              when=lambda v: bool(_with_visual(v)), timeout=t["compliance"], retry=r,
              fallback=_no_result, max_parallel=n),

@@ -30,7 +30,7 @@ from events.quality import (
 )
 from events.support import SpeechSynthesized, TextTranslated, TranslateTextRequested
 from events.support import SynthesizeSpeechRequested as SpeechRequest
-from saga.workflow import RequestBuilder, SagaView, Step, StepRetry, Workflow
+from saga.workflow import CACHED_ONLY, RequestBuilder, SagaView, Step, StepRetry, Workflow
 from saga.workflows.campaign import asset_of, why
 
 INSTRUCTION_COLOURS = ("#C62828", "#FFB300")
@@ -279,13 +279,13 @@ def quality_workflow(
              timeout=t["inspect"], retry=r, fallback=_no_result, max_parallel=n),
         Step("translate", "translation", _translate, needs=("inspect",), for_each=_translations,
              when=lambda v: bool(_translations(v)), timeout=t["translate"], retry=r,
-             fallback=_no_result, max_parallel=n),
+             fallback=_no_result, max_parallel=n, on_budget=CACHED_ONLY),
         Step("card", "imagegen", _card, needs=("translate",), for_each=_cards,
              when=lambda v: bool(_cards(v)), timeout=t["card"], retry=r, fallback=_no_result,
              compensate=_delete("card"), max_parallel=n),
         Step("voice", "speech", _voice, needs=("translate",), for_each=_voices,
              when=lambda v: bool(_voices(v)), timeout=t["voice"], retry=r, fallback=_no_result,
-             compensate=_delete("voice"), max_parallel=n),
+             compensate=_delete("voice"), max_parallel=n, on_budget=CACHED_ONLY),
     )
     return Workflow("quality", InspectionRequested, steps, complete, fail, cancelled)
 
