@@ -15,6 +15,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.common import ProviderInfo, Usage
+from events.support import Cost
 from saga.state import SagaState, StepStatus
 
 
@@ -109,3 +110,10 @@ def step_costs(state: SagaState, table: PriceTable) -> dict[str, Decimal]:
 
 def total(costs: Iterable[Decimal]) -> Decimal:
     return sum(costs, Decimal(0))
+
+
+def cost_summary(state: SagaState, table: PriceTable) -> Cost:
+    """The saga's cost by step, as its terminal event carries it."""
+    by_step = step_costs(state, table)
+    return Cost(total=total(by_step.values()), currency=table.currency, by_step=by_step,
+                price_table=table.version)

@@ -321,10 +321,11 @@ def make_coordinator(
         ),
         campaign_workflow(
             fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry,
-            budget_service=settings.budget_service,
+            budget_service=settings.budget_service, pricing=settings.pricing,
         ),
         quality_workflow(
-            fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry
+            fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry,
+            pricing=settings.pricing,
         ),
     ]
     breakers = BreakerRegistry(

@@ -30,6 +30,7 @@ from events.quality import (
 )
 from events.support import SpeechSynthesized, TextTranslated, TranslateTextRequested
 from events.support import SynthesizeSpeechRequested as SpeechRequest
+from saga.cost import PriceTable, cost_summary
 from saga.workflow import CACHED_ONLY, RequestBuilder, SagaView, Step, StepRetry, Workflow
 from saga.workflows.campaign import asset_of, why
 
@@ -248,9 +249,12 @@ def quality_workflow(
     fanout_limit: int | None = 4,
     timeouts: dict[str, float] | None = None,
     retry: StepRetry | None = None,
+    pricing: PriceTable | None = None,
 ) -> Workflow:
     """The quality-control workflow. ``fanout_limit`` bounds how many branches of one
-    fanned-out step (images, translations, cards, voices) are in flight at once."""
+    fanned-out step (images, translations, cards, voices) are in flight at once; ``pricing``
+    prices each step's usage, the total on the terminal event."""
+    prices = pricing or PriceTable()
     t = {"inspect": 120.0, "translate": 30.0, "card": 60.0, "voice": 60.0, **(timeouts or {})}
     r = retry or StepRetry()
     n = fanout_limit
@@ -263,15 +267,18 @@ def quality_workflow(
             recommendations=report.recommendations, images=report.images,
             documentation=tuple(documentation(v, lang, report) for lang in _languages(v)),
             degraded=v.state.degraded, processing_time_ms=_elapsed_ms(v),
+            cost=cost_summary(v.state, prices),
         )
 
     def fail(v: SagaView, reason: str, step: str | None) -> InspectionFailed:
         return InspectionFailed(inspection_id=_request(v).inspection_id, reason=reason,
-                                failed_step=step, processing_time_ms=_elapsed_ms(v))
+                                failed_step=step, processing_time_ms=_elapsed_ms(v),
+                                cost=cost_summary(v.state, prices))
 
     def cancelled(v: SagaView, reason: str, step: str | None) -> InspectionFailed:
         return InspectionFailed(inspection_id=_request(v).inspection_id, reason=reason,
-                                cancelled=True, processing_time_ms=_elapsed_ms(v))
+                                cancelled=True, processing_time_ms=_elapsed_ms(v),
+                                cost=cost_summary(v.state, prices))
 
     steps = (
         Step("inspect", "inspection", _inspect,

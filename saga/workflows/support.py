@@ -32,7 +32,7 @@ from events.support import (
     TextTranslated,
     TranslateTextRequested,
 )
-from saga.cost import PriceTable, step_costs, total
+from saga.cost import PriceTable, cost_summary
 from saga.state import StepStatus
 from saga.workflow import (
     CACHED_ONLY,
@@ -188,9 +188,7 @@ def _notices(v: SagaView) -> tuple[str, ...]:
 
 
 def _cost(v: SagaView, pricing: PriceTable) -> Cost:
-    by_step = step_costs(v.state, pricing)
-    return Cost(total=total(by_step.values()), currency=pricing.currency, by_step=by_step,
-                price_table=pricing.version)
+    return cost_summary(v.state, pricing)
 
 
 def support_workflow(
