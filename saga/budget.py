@@ -4,7 +4,8 @@ the budget check before each dispatch (per tenant and day or month, and per requ
 The check is made with the spend recorded so far, plus what the calls in flight are estimated
 to cost (their reservations), plus an estimate of the step's cost from its request
 (characters times price for translation and speech, tokens ≈ characters / 4 for the
-responder, one transaction or image for vision and image generation), priced as the
+responder, a transaction per visual feature for vision, an image of the size asked for image
+generation), priced as the
 provider named for the service in ``estimate_with`` (no entry: estimated at zero, so only
 the spend so far counts). Over budget, the step degrades as its workflow says
 (``Step.on_budget``, tried in order): with ``Cheaper(model=…)`` the same request is estimated
@@ -98,9 +99,17 @@ def estimate_usage(service: str, request: Event, output_tokens: int = 400) -> Us
         message = str(getattr(request, "message", "") or "")
         return Usage(input_tokens=math.ceil(len(message) / 4), output_tokens=output_tokens)
     if service in ("vision", "compliance", "inspection"):
-        return Usage(transactions=1)
+        # a transaction per visual feature asked for (Azure bills them so; see
+        # actors.providers.azure.vision); "quality" is measured locally
+        features = getattr(request, "features", None)
+        billed = [f for f in features if f != "quality"] if isinstance(features, tuple) else []
+        return Usage(transactions=max(len(billed), 1))
     if service == "imagegen":
-        return Usage(images=1)
+        # of the size asked for, at the standard quality (the generator's own setting is
+        # not known here; an HD deployment is underestimated)
+        size = getattr(request, "size", None)
+        return Usage(images=1, image_size=size if isinstance(size, str) else None,
+                     image_quality="standard")
     return Usage()
 
 

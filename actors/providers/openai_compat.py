@@ -392,7 +392,8 @@ class OpenAICompatImageGenerator(OpenAIEndpoint):
         name = self.connection.provider_name
         if not prompt.strip():
             raise PermanentError("the image prompt is empty", provider=name)
-        options: dict[str, Any] = {"size": size or self._size, "n": 1}
+        chosen = size or self._size
+        options: dict[str, Any] = {"size": chosen, "n": 1}
         if self._send_response_format:  # DALL-E; gpt-image models always answer base64
             options["response_format"] = "b64_json"
         if self._quality is not None:
@@ -418,7 +419,11 @@ class OpenAICompatImageGenerator(OpenAIEndpoint):
             provider=self.provider,
             revised_prompt=item.revised_prompt,
             usage=Usage(
-                images=1,
+                # the price of an image depends on its size and quality; DALL-E's default
+                # quality is "standard" (gpt-image models are priced by their tokens)
+                images=1, image_size=chosen,
+                image_quality=self._quality or ("standard" if self._send_response_format
+                                                else None),
                 input_tokens=getattr(usage, "input_tokens", 0) or 0,
                 output_tokens=getattr(usage, "output_tokens", 0) or 0,
             ),

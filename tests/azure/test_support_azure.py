@@ -99,7 +99,7 @@ async def test_spanish_inquiry_with_photo_and_voice(svc: Service, fake: FakeAzur
         assert result is not None
         assert result.data["provider"]["name"] == provider, step
     usage = {step: state.steps[step].result.data["usage"] for step in expected}  # type: ignore[union-attr]
-    assert usage["analyze_image[0]"]["transactions"] == 1
+    assert usage["analyze_image[0]"]["transactions"] == 3  # caption, tags and read
     assert usage["translate_in"]["characters"] == len(MESSAGE)
     assert usage["respond"]["input_tokens"] > 0
     assert usage["respond"]["output_tokens"] > 0

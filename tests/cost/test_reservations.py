@@ -17,9 +17,10 @@ from saga.state import StepStatus
 from service.cost_settings import CacheSettings, CostSettings
 from service.testing import FakeService, make_inquiry
 
-# an image analysis costs 1.00; nothing else costs anything
+# an image analysis is estimated at 1.50 (three visual features) and costs 0.50 (the fake
+# reports one transaction); nothing else costs anything
 PRICES = PriceTable(version="t", prices=(
-    Price(provider="fake", model="fake-*", per_1k_transactions=Decimal(1000)),
+    Price(provider="fake", model="fake-*", per_1k_transactions=Decimal(500)),
 ))
 NO_CACHE = CacheSettings(enabled=False)
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -37,9 +38,9 @@ async def submit(svc: FakeService, inquiry_id: str, attachments: tuple[BlobRef, 
 
 class TestRequestBudgetInFlight:
     async def test_parallel_branches_count_each_other(self, tmp_path: Path) -> None:
-        """Three images dispatched in one change, a request budget of 1.5 at 1.00 each: only
+        """Three images dispatched in one change, a request budget of 2 at 1.50 each: only
         the first goes out; the others are refused, saying what is in flight."""
-        cost = CostSettings(cache=NO_CACHE, request_budget=Decimal("1.5"),
+        cost = CostSettings(cache=NO_CACHE, request_budget=Decimal(2),
                             estimate_with={"vision": "fake/fake-1"})
         async with FakeService(tmp_path, pricing=PRICES, cost=cost) as svc:
             await submit(svc, "inq-1", await images(svc, 3))
@@ -49,17 +50,17 @@ class TestRequestBudgetInFlight:
         assert isinstance(done, ResponseReady)
         assert len(calls) == 1
         assert done.cost is not None
-        assert done.cost.total == Decimal(1)
+        assert done.cost.total == Decimal("0.5")
         assert done.degraded == ("analyze_image[1]", "analyze_image[2]")
         reason = state.steps["analyze_image[1]"].fallback_reason
         assert reason is not None
-        assert "this request has cost 1 (about 1 of it in calls in flight)" in reason
+        assert "this request has cost 1.5 (about 1.5 of it in calls in flight)" in reason
 
 
 class TestTenantBudgetInFlight:
     async def test_branches_of_one_saga_count_each_other(self, tmp_path: Path) -> None:
         """The same with a daily tenant budget: the reservations made in the change count."""
-        cost = CostSettings(cache=NO_CACHE, budgets={"acme": TenantBudget(day=Decimal("1.5"))},
+        cost = CostSettings(cache=NO_CACHE, budgets={"acme": TenantBudget(day=Decimal(2))},
                             estimate_with={"vision": "fake/fake-1"})
         async with FakeService(tmp_path, pricing=PRICES, cost=cost) as svc:
             await submit(svc, "inq-1", await images(svc, 3))
@@ -69,20 +70,20 @@ class TestTenantBudgetInFlight:
             assert len(svc.fakes.calls(["vision"])) == 1
         assert isinstance(done, ResponseReady)
         assert done.degraded == ("analyze_image[1]", "analyze_image[2]")
-        assert spent == Decimal(1)
+        assert spent == Decimal("0.5")
         assert reserved == 0  # the real cost replaced the reservation
 
     async def test_calls_in_flight_of_other_sagas_count(self, tmp_path: Path) -> None:
         """A call of one saga still in flight holds its estimate: the tenant's next inquiry
         is refused its image analysis while it runs, and the reservation is released when
         the call times out."""
-        cost = CostSettings(cache=NO_CACHE, budgets={"acme": TenantBudget(day=Decimal("1.5"))},
+        cost = CostSettings(cache=NO_CACHE, budgets={"acme": TenantBudget(day=Decimal(2))},
                             estimate_with={"vision": "fake/fake-1"})
         async with FakeService(tmp_path, pricing=PRICES, cost=cost) as svc:
             svc.fakes.vision.behaviour.fail_next("hang")
             await submit(svc, "inq-1", await images(svc, 1))
             await svc.settle()
-            assert await svc.store.reserved("acme", svc.clock.now()) == Decimal(1)
+            assert await svc.store.reserved("acme", svc.clock.now()) == Decimal("1.5")
             await submit(svc, "inq-2", await images(svc, 1, seed=7))
             second = (await svc.wait("inq-2", timeout=10)).data
             state = await svc.saga("inq-2")
@@ -94,12 +95,12 @@ class TestTenantBudgetInFlight:
             await svc.advance(5)  # the retry goes out and is answered
             done = (await svc.wait("inq-1", timeout=10)).data
             assert await svc.store.reserved("acme", svc.clock.now()) == 0
-            assert await svc.store.spent("acme", EPOCH) == Decimal(1)
+            assert await svc.store.spent("acme", EPOCH) == Decimal("0.5")
         assert isinstance(second, ResponseReady)
         assert second.degraded == ("analyze_image[0]",)
         reason = state.steps["analyze_image[0]"].fallback_reason
         assert reason is not None
-        assert "tenant acme has spent 1 (about 1 of it in calls in flight)" in reason
+        assert "tenant acme has spent 1.5 (about 1.5 of it in calls in flight)" in reason
         assert isinstance(done, ResponseReady)
         assert done.degraded == ()
 
@@ -126,7 +127,7 @@ class TestTenantBudgetInFlight:
             svc.fakes.vision.behaviour.fail_next("hang", "hang")
             await submit(svc, "inq-1", await images(svc, 2))
             await svc.settle()
-            assert await svc.store.reserved("acme", svc.clock.now()) == Decimal(2)
+            assert await svc.store.reserved("acme", svc.clock.now()) == Decimal(3)
             assert svc.coordinator is not None
             assert await svc.coordinator.cancel("inq-1", "changed my mind")
             assert await svc.store.reserved("acme", svc.clock.now()) == 0
@@ -147,7 +148,7 @@ class TestOneTenantTakesTurns:
     ) -> None:
         """Two inquiries of one tenant started at the same moment: their budget checks take
         turns in the coordinator, so the second sees the first's call in flight."""
-        cost = CostSettings(cache=NO_CACHE, budgets={"acme": TenantBudget(day=Decimal("1.5"))},
+        cost = CostSettings(cache=NO_CACHE, budgets={"acme": TenantBudget(day=Decimal(2))},
                             estimate_with={"vision": "fake/fake-1"})
         svc = FakeService(tmp_path, pricing=PRICES, cost=cost, store=SlowReads())
         async with svc:
@@ -156,4 +157,4 @@ class TestOneTenantTakesTurns:
             await asyncio.gather(submit(svc, "inq-1", first), submit(svc, "inq-2", second))
             await svc.settle()
             assert len(svc.fakes.calls(["vision"])) == 1
-            assert await svc.store.reserved("acme", svc.clock.now()) == Decimal(1)
+            assert await svc.store.reserved("acme", svc.clock.now()) == Decimal("1.5")
