@@ -23,7 +23,9 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +39,20 @@ log = structlog.get_logger("actors.throttle")
 CAPABILITY_METHODS = frozenset(
     {"detect", "analyze", "translate", "respond", "synthesize", "generate"}
 )
+
+_wait_budget: ContextVar[float | None] = ContextVar("aiapps_throttle_budget", default=None)
+
+
+@contextmanager
+def waiting_at_most(seconds: float | None) -> Iterator[None]:
+    """Within it (per task), a throttled call waits for quota at most ``seconds`` (less than
+    its own ``max_wait`` if that is longer): the actor runtime bounds it by the request's
+    deadline, so no call waits for a slot after its step has stopped waiting for it."""
+    token = _wait_budget.set(seconds)
+    try:
+        yield
+    finally:
+        _wait_budget.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,11 +390,17 @@ class ThrottledProvider:
 
         return call
 
+    def _max_wait(self) -> float:
+        """How long this call may wait in all: ``max_wait``, or less before a deadline."""
+        budget = _wait_budget.get()
+        return self.max_wait if budget is None else max(min(self.max_wait, budget), 0.0)
+
     async def _wait_for_slot(self, tokens: int, waited: float) -> float:
         while (wait := await self.limiter.acquire(tokens)) > 0:
-            if waited + wait > self.max_wait:
+            if waited + wait > (limit := self._max_wait()):
                 raise ThrottledError(
-                    f"{self.deployment}: no quota within {self.max_wait:g}s",
+                    f"{self.deployment}: no quota within {limit:g}s"
+                    + (" (the request's deadline)" if limit < self.max_wait else ""),
                     retry_after=wait, provider=self.deployment,
                 )
             await self._sleep(wait)
@@ -413,7 +435,7 @@ class ThrottledProvider:
                 await self._observe(dataclasses.replace(
                     exc.rate_limit or RateLimitInfo(), retry_after=pause
                 ))
-                if attempt > self.max_retries or waited + pause > self.max_wait:
+                if attempt > self.max_retries or waited + pause > self._max_wait():
                     self.stats.gave_up += 1
                     raise
                 log.info("throttled; pausing the deployment", deployment=self.deployment,

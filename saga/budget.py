@@ -270,18 +270,21 @@ class CostControl:
         return None
 
     def entry(
-        self, state: SagaState, step: StepState, envelope: Envelope, now: datetime
+        self, state: SagaState, step: StepState, envelope: Envelope, now: datetime,
+        request_id: str | None = None,
     ) -> CostEntry | None:
-        """The ledger entry of an accepted provider result (None for an event that is not
-        one: it names no provider)."""
+        """The ledger entry of a provider result (None for an event that is not one: it
+        names no provider); ``request_id``: of the call that produced it (default: the
+        step's current one)."""
         provider = getattr(envelope.data, "provider", None)
         if not isinstance(provider, ProviderInfo):
             return None
         usage = getattr(envelope.data, "usage", None)
         usage = usage if isinstance(usage, Usage) else Usage()
         return CostEntry(
-            id=step.request_id or envelope.id, tenant=state.tenant, workflow=state.workflow,
-            correlation_id=state.id, step=step.key, service=step.service, provider=provider.name,
+            id=request_id or step.request_id or envelope.id, tenant=state.tenant,
+            workflow=state.workflow, correlation_id=state.id, step=step.key,
+            service=step.service, provider=provider.name,
             model=provider.model, usage=usage, cost=self.pricing.cost(provider, usage),
             currency=self.pricing.currency, price_table=self.pricing.version, at=now,
             cached=provider.cached,

@@ -37,7 +37,15 @@ from events.support import NOT_CACHED, StepFailed
 from saga.breaker import BreakerRegistry
 from saga.budget import CostControl, Spending
 from saga.clock import Clock, SystemClock
-from saga.state import SagaState, SagaStatus, StepError, StepState, StepStatus, StoredEvent
+from saga.state import (
+    LateCost,
+    SagaState,
+    SagaStatus,
+    StepError,
+    StepState,
+    StepStatus,
+    StoredEvent,
+)
 from saga.store import ConcurrencyError, CostEntry, Reservation, SagaStore, Timer
 from saga.workflow import SagaView, Workflow
 
@@ -82,10 +90,15 @@ class _Changes:
         return (sum((e.cost for e in self.ledger), Decimal(0))
                 + sum((r.amount for r in self.reserve), Decimal(0)) - self.released)
 
-    def emit(self, state: SagaState, event: Event, subject: str | None, now: datetime) -> Envelope:
+    def emit(
+        self, state: SagaState, event: Event, subject: str | None, now: datetime,
+        deadline: datetime | None = None,
+    ) -> Envelope:
         envelope = state.start_envelope().follow(event, source=SOURCE, subject=subject, time=now)
         if self.cause is not None:
             envelope = envelope.model_copy(update={"causationid": self.cause})
+        if deadline is not None:  # a request: its answer is awaited until then
+            envelope = envelope.model_copy(update={"deadline": deadline})
         if state.resumed_from is not None:  # a resumed saga marks everything it emits
             envelope = envelope.model_copy(update={"replayof": state.resumed_from})
         self.outbox.append(envelope)
@@ -312,6 +325,10 @@ class SagaCoordinator:
         state = existing.model_copy(deep=True)
         step = state.step_by_request(envelope.causationid)
         if step is None or step.status is not StepStatus.DISPATCHED:
+            # too late for its attempt (timed out): not used, but billed if it was paid for
+            stale = _Changes(cause=envelope.id)
+            if self._bill_late(state, envelope, stale):
+                return state, stale
             log.debug("stale or duplicate result ignored", saga=state.id, type=envelope.type)
             return None
         workflow = self.workflows[state.workflow]
@@ -349,24 +366,50 @@ class SagaCoordinator:
     def _late_result(
         self, envelope: Envelope, existing: SagaState
     ) -> tuple[SagaState, _Changes] | None:
-        """A step's result after its saga ended: ignored, unless the end cancelled the step
-        and it has a compensation, which undoes the work now (once: the result is kept)."""
-        step = existing.step_by_request(envelope.causationid)
+        """A step's result after its saga ended: billed if it was paid for (the ledger and
+        the saga's ``late_costs``; the terminal event is out already), and, when the end
+        cancelled the step and it has a compensation, undone now (once: the result is
+        kept)."""
+        state = existing.model_copy(deep=True)
+        changes = _Changes(cause=envelope.id)
+        billed = self._bill_late(state, envelope, changes)
+        step = state.step_by_request(envelope.causationid)
         if (step is None or step.status is not StepStatus.CANCELLED or step.result is not None
                 or isinstance(envelope.data, StepFailed)):
-            return None
-        workflow = self.workflows[existing.workflow]
-        definition = workflow.step(step.name)
+            return (state, changes) if billed else None
+        definition = self.workflows[state.workflow].step(step.name)
         if definition.compensate is None:
-            return None
-        state = existing.model_copy(deep=True)
-        step = state.steps[step.key]
+            return (state, changes) if billed else None
         step.result = StoredEvent.of(envelope.data)
-        changes = _Changes(cause=envelope.id)
         request = definition.compensate(SagaView(state, step.item))
         changes.emit(state, request, f"compensate:{step.key}", self.clock.now())
         log.info("late result of a cancelled step compensated", saga=state.id, step=step.key)
         return state, changes
+
+    def _bill_late(self, state: SagaState, envelope: Envelope, changes: _Changes) -> bool:
+        """A provider's result that came too late to be used (its attempt timed out, or the
+        saga ended) was paid for all the same: its ledger entry (once per request id) and
+        the saga's ``late_costs``. False when there is nothing to bill: a failure, the
+        accepted result again, one billed already, or no cost control."""
+        request_id = envelope.causationid
+        if (self.costs is None or request_id is None or isinstance(envelope.data, StepFailed)
+                or request_id in state.late_costs):
+            return False
+        current = state.step_by_request(request_id)
+        if current is not None and current.status is StepStatus.SUCCEEDED:
+            return False  # the result it accepted, delivered again
+        step = current or state.steps.get(envelope.subject or "")
+        if step is None:
+            return False
+        entry = self.costs.entry(state, step, envelope, self.clock.now(), request_id)
+        if entry is None:
+            return False
+        changes.ledger.append(entry)
+        state.late_costs[request_id] = LateCost(
+            step=step.key, cost=entry.cost, after_end=state.status is not SagaStatus.RUNNING
+        )
+        log.info("late result billed", saga=state.id, step=step.key, cost=str(entry.cost))
+        return True
 
     def _on_timer(
         self, timer: Timer, existing: SagaState | None
@@ -519,12 +562,13 @@ class SagaCoordinator:
                 log.warning("step degraded", saga=state.id, step=step.key,
                             reason=step.degradation)
             step.reserved = decision.estimate or None
-        envelope = changes.emit(state, request, step.key, now)
+        deadline = now + timedelta(seconds=definition.timeout)
+        envelope = changes.emit(state, request, step.key, now, deadline)
         step.status = StepStatus.DISPATCHED
         step.attempts += 1
         step.request_id = envelope.id
         step.started_at = step.started_at or now
-        step.deadline = now + timedelta(seconds=definition.timeout)
+        step.deadline = deadline
         changes.timers.append(self._timer(state, step, "deadline", definition.timeout))
         if self.costs is not None and (held := self.costs.reservation(state, step, now)):
             changes.reserve.append(held)

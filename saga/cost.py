@@ -123,15 +123,19 @@ class PriceTable(BaseModel):
 
 
 def step_costs(state: SagaState, table: PriceTable) -> dict[str, Decimal]:
-    """The cost of each step that has a provider's result (a fallback costs nothing)."""
+    """The cost of each step that has a provider's result (a fallback costs nothing), plus
+    what its calls whose answers came too late were billed (before the saga's end)."""
     costs: dict[str, Decimal] = {}
+    for late in state.late_costs.values():
+        if not late.after_end:
+            costs[late.step] = costs.get(late.step, Decimal(0)) + late.cost
     for key, step in state.steps.items():
         if step.status is not StepStatus.SUCCEEDED or step.result is None:
             continue
         data = step.result.data
         if "provider" not in data:
             continue
-        costs[key] = table.cost(
+        costs[key] = costs.get(key, Decimal(0)) + table.cost(
             ProviderInfo.model_validate(data["provider"]), Usage.model_validate(data.get("usage", {}))
         )
     return costs

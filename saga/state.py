@@ -93,6 +93,16 @@ class StepState(BaseModel):
     branches: list[str] = Field(default_factory=list)
 
 
+class LateCost(BaseModel):
+    """A call that was paid for though its answer came too late to be used: after its attempt
+    timed out, or after the saga ended."""
+
+    step: str
+    cost: Decimal
+    after_end: bool = False
+    """It came after the saga's terminal event (which could not count it any more)."""
+
+
 class SagaState(BaseModel):
     """Everything the coordinator knows about one request."""
 
@@ -110,6 +120,9 @@ class SagaState(BaseModel):
     failure_reason: str | None = None
     resumed_from: str | None = None
     """Set when the saga was resumed: what its later events carry as ``replayof``."""
+    late_costs: dict[str, LateCost] = Field(default_factory=dict)
+    """Calls billed whose results were not used, by request id (each is in the cost ledger;
+    those before the end count in the saga's cost)."""
     version: int = 0
 
     @property

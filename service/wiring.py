@@ -377,6 +377,7 @@ class Service:
             concurrency=self.settings.concurrency,
             inbox=self.store,
             claim_lease=self.settings.claim_lease,
+            clock=clock.now if clock is not None else None,
         )
         if self.coordinator is not None:
             self.telemetry.observe_coordinator(self.coordinator)
