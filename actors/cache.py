@@ -512,8 +512,21 @@ def _text(value: str) -> str:
     return unicodedata.normalize("NFC", value).strip()
 
 
-def provider_identity(provider: Any) -> str:
-    """Names a provider in keys: its class, and its model or deployment when it says."""
+def _described(provider: Any, method: str) -> dict[str, Any] | None:
+    describe = getattr(provider, method, None)
+    if not callable(describe):
+        return None
+    parts = describe()
+    return parts if isinstance(parts, dict) else None
+
+
+def _named(provider: Any, parts: dict[str, Any]) -> str:
+    cls = type(provider)
+    body = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{cls.__module__}.{cls.__qualname__}|{hashlib.sha256(body.encode()).hexdigest()[:24]}"
+
+
+def _plain_identity(provider: Any) -> str:
     cls = type(provider)
     parts = [f"{cls.__module__}.{cls.__qualname__}"]
     info = getattr(provider, "provider", None)
@@ -524,6 +537,38 @@ def provider_identity(provider: Any) -> str:
         if isinstance(value, str):
             parts.append(value)
     return "|".join(parts)
+
+
+def _unwrapped(provider: Any) -> Any:
+    """The provider behind a throttle: throttling does not change what is called or said."""
+    from actors.throttle import ThrottledProvider
+
+    while isinstance(provider, ThrottledProvider):
+        provider = provider.inner
+    return provider
+
+
+def deployment_identity(provider: Any) -> str:
+    """Names the deployment a provider calls (the throttle's bucket): its class and, hashed,
+    what it says in ``deployment_parts()`` (endpoint, region, resource, model); without that,
+    its class and model or deployment."""
+    provider = _unwrapped(provider)
+    parts = _described(provider, "deployment_parts")
+    return _named(provider, parts) if parts is not None else _plain_identity(provider)
+
+
+def provider_identity(provider: Any) -> str:
+    """Names a provider in cache keys: everything that changes its output, hashed (never a
+    secret): the deployment (``deployment_parts()``) and the settings (``output_parts()``:
+    an API or model version, a voice map, a language, a confidence floor, a knowledge base's
+    content, prompt options). A provider that describes neither is named by its class and
+    model or deployment."""
+    provider = _unwrapped(provider)
+    deployment = _described(provider, "deployment_parts")
+    output = _described(provider, "output_parts")
+    if deployment is None and output is None:
+        return _plain_identity(provider)
+    return _named(provider, {"deployment": deployment or {}, "output": output or {}})
 
 
 class _Cached:

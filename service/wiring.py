@@ -204,10 +204,12 @@ def make_actors(
     def throttle(service: str, made: Any, limits: ThrottleSettings) -> Any:
         import os
 
-        from actors.cache import provider_identity
+        from actors.cache import deployment_identity
 
         quota = Quota(limits.requests_per_minute, limits.tokens_per_minute)
-        deployment = f"{service}:{provider_identity(made)}"
+        # one bucket per deployment called (endpoint, resource, model), shared by every
+        # worker that calls it, whatever their other settings
+        deployment = f"{service}:{deployment_identity(made)}"
         url = (cost.throttle_url or os.environ.get("AIAPPS_THROTTLE_URL")
                or cache_url(cost.cache.url))
         limiter: RateLimiter

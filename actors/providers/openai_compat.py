@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,12 @@ class OpenAIEndpoint:
             max_retry_after=self.connection.max_retry_after,
         )
 
+    def deployment_parts(self) -> dict[str, object]:
+        """Where calls go (the throttle's bucket; part of the cache key); no secret."""
+        c = self.connection
+        return {"kind": c.kind, "url": c.url, "api_version": c.api_version,
+                "model": getattr(self, "model", None)}
+
     def _report_rate_limits(self, headers: Any) -> None:
         """Hand the response's ``x-ratelimit-*`` headers to the throttle around the call."""
         report(parse_rate_limit_headers(headers, cap=self.connection.max_retry_after))
@@ -245,6 +252,17 @@ class OpenAIResponder(OpenAIEndpoint):
         self._max_output_tokens = max_output_tokens
         self._token_limit_param = token_limit_param
         self.provider = ProviderInfo(name=connection.provider_name, model=model)
+
+    def output_parts(self) -> dict[str, object]:
+        """What changes an answer besides the query (part of the cache key): the knowledge
+        base's content, the prompt and the generation options."""
+        return {
+            "knowledge_base": self._kb.fingerprint(),
+            "system_prompt": hashlib.sha256(self.system_prompt.encode()).hexdigest(),
+            "top_k": self._top_k, "min_score": self._min_score,
+            "temperature": self._temperature, "max_output_tokens": self._max_output_tokens,
+            "token_limit_param": self._token_limit_param,
+        }
 
     def __repr__(self) -> str:
         return f"OpenAIResponder({self.connection!r}, model={self.model!r})"

@@ -110,6 +110,16 @@ class AzureImageAnalyzer:
             )
         return self._client
 
+    def deployment_parts(self) -> dict[str, object]:
+        """Where calls go (the throttle's bucket; part of the cache key); no secret."""
+        return {"endpoint": self.endpoint}
+
+    def output_parts(self) -> dict[str, object]:
+        """What changes an analysis besides the image and features (part of the cache key)."""
+        return {"api_version": API_VERSION, "language": self._language,
+                "gender_neutral_caption": self._gender_neutral,
+                "min_confidence": self._min_confidence}
+
     def _call_options(self) -> dict[str, Any]:
         if self._credential is not None and is_loopback_http(self.endpoint):
             return {"enforce_https": False}
