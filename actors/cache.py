@@ -355,7 +355,8 @@ class ResultCache:
     def _hit(self, service: str, found: R) -> R:
         """``found`` as a hit: marked cached, no usage; what it cost is counted as saved."""
         self.stats.hit(service, self.pricing.cost(found.provider, found.usage))
-        info = found.provider.model_copy(update={"cached": True})
+        # what it would have consumed travels with it: the ledger prices it as money saved
+        info = found.provider.model_copy(update={"cached": True, "saved": found.usage})
         return dataclasses.replace(found, provider=info, usage=Usage())
 
     async def through(

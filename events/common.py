@@ -49,3 +49,8 @@ class ProviderInfo(Value):
         default=False,
         description="The result came from the result cache: nothing was called or paid.",
     )
+    saved: Usage | None = Field(
+        default=None,
+        description="On a cache hit: what the original call consumed, so what this answer "
+        "saved (priced by the price table: the money saved).",
+    )

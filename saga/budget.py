@@ -288,6 +288,7 @@ class CostControl:
             model=provider.model, usage=usage, cost=self.pricing.cost(provider, usage),
             currency=self.pricing.currency, price_table=self.pricing.version, at=now,
             cached=provider.cached,
+            saved=self.pricing.cost(provider, provider.saved) if provider.saved else Decimal(0),
         )
 
 

@@ -160,6 +160,7 @@ CREATE TABLE IF NOT EXISTS {s}.cost_ledger (
     at TIMESTAMPTZ NOT NULL,
     cached BOOLEAN NOT NULL DEFAULT false
 );
+ALTER TABLE {s}.cost_ledger ADD COLUMN IF NOT EXISTS saved NUMERIC NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON {s}.cost_ledger (tenant, at);
 CREATE INDEX IF NOT EXISTS cost_ledger_at ON {s}.cost_ledger (at);
 CREATE TABLE IF NOT EXISTS {s}.cost_reservations (
@@ -183,7 +184,7 @@ CREATE INDEX IF NOT EXISTS result_cache_expires ON {s}.result_cache (expires_at)
 
 _LEDGER_COLUMNS = (
     "id, tenant, workflow, correlation_id, step, service, provider, model, usage, cost,"
-    " currency, price_table, at, cached"
+    " currency, price_table, at, cached, saved"
 )
 
 _TIMER_COLUMNS = "id, saga_id, step, kind, due_at, attempt"
@@ -627,11 +628,11 @@ class PostgresSagaStore:
         async with self._connection("cost_report") as conn:
             rows = await conn.fetch(
                 f"SELECT {key} AS key, count(*) AS calls, count(*) FILTER (WHERE cached)"
-                f" AS cached, SUM(cost) AS cost FROM {s}.cost_ledger WHERE at >= $1"
-                " GROUP BY 1 ORDER BY 4 DESC, 1", since,
+                f" AS cached, SUM(cost) AS cost, SUM(saved) AS saved FROM {s}.cost_ledger"
+                " WHERE at >= $1 GROUP BY 1 ORDER BY 4 DESC, 1", since,
             )
-        return [CostRow(str(r["key"]), int(r["calls"]), int(r["cached"]), Decimal(r["cost"]))
-                for r in rows]
+        return [CostRow(str(r["key"]), int(r["calls"]), int(r["cached"]), Decimal(r["cost"]),
+                        Decimal(r["saved"])) for r in rows]
 
 
 def _ledger_columns(entries: Sequence[CostEntry]) -> tuple[list[Any], ...]:
@@ -643,6 +644,7 @@ def _ledger_columns(entries: Sequence[CostEntry]) -> tuple[list[Any], ...]:
         [e.model for e in entries], [e.usage.model_dump_json() for e in entries],
         [e.cost for e in entries], [e.currency for e in entries],
         [e.price_table for e in entries], [e.at for e in entries], [e.cached for e in entries],
+        [e.saved for e in entries],
     )
 
 
@@ -721,7 +723,7 @@ class _Statements:
             f"INSERT INTO {s}.cost_ledger ({_LEDGER_COLUMNS})"
             " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
             " $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::text[],"
-            " $12::text[], $13::timestamptz[], $14::boolean[])"
+            " $12::text[], $13::timestamptz[], $14::boolean[], $15::numeric[])"
             " ON CONFLICT (id) DO NOTHING"
         )
         self.insert_reservations = (

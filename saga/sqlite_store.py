@@ -106,7 +106,8 @@ CREATE TABLE IF NOT EXISTS cost_ledger (
     currency TEXT NOT NULL,
     price_table TEXT NOT NULL,
     at TEXT NOT NULL,
-    cached INTEGER NOT NULL DEFAULT 0
+    cached INTEGER NOT NULL DEFAULT 0,
+    saved TEXT NOT NULL DEFAULT '0'
 );
 CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON cost_ledger (tenant, at);
 CREATE INDEX IF NOT EXISTS cost_ledger_at ON cost_ledger (at);
@@ -131,13 +132,13 @@ CREATE INDEX IF NOT EXISTS result_cache_expires ON result_cache (expires_at);
 
 _LEDGER_COLUMNS = (
     "id, tenant, workflow, correlation_id, step, service, provider, model, usage, cost,"
-    " currency, price_table, at, cached"
+    " currency, price_table, at, cached, saved"
 )
 
 # the ledger's unique key is the call's request id (its primary key): a repeat is ignored
 _INSERT_LEDGER = (
     "INSERT INTO cost_ledger (" + _LEDGER_COLUMNS + ")"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
 
 
@@ -161,7 +162,7 @@ def _ledger_rows(entries: Sequence[CostEntry]) -> list[tuple[object, ...]]:
     return [
         (e.id, e.tenant, e.workflow, e.correlation_id, e.step, e.service, e.provider, e.model,
          e.usage.model_dump_json(), str(e.cost), e.currency, e.price_table, _ts(e.at),
-         int(e.cached))
+         int(e.cached), str(e.saved))
         for e in entries
     ]
 
@@ -190,9 +191,19 @@ class SqliteSagaStore:
         try:
             self._db = await aiosqlite.connect(self.path)
             await self._db.executescript(SCHEMA)
+            await self._add_missing_columns(self._db)
             await self._db.commit()
         except Exception as exc:  # sqlite3 raises several unrelated classes here
             raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
+
+    @staticmethod
+    async def _add_missing_columns(db: aiosqlite.Connection) -> None:
+        """Columns added since a store file was made (``CREATE TABLE IF NOT EXISTS`` leaves
+        an existing table as it is): the ledger's ``saved``."""
+        async with db.execute("PRAGMA table_info(cost_ledger)") as found:
+            columns = {str(row[1]) for row in await found.fetchall()}
+        if "saved" not in columns:
+            await db.execute("ALTER TABLE cost_ledger ADD COLUMN saved TEXT NOT NULL DEFAULT '0'")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -564,7 +575,7 @@ class SqliteSagaStore:
                 model=str(r[7]) if r[7] is not None else None,
                 usage=Usage.model_validate_json(str(r[8])), cost=Decimal(str(r[9])),
                 currency=str(r[10]), price_table=str(r[11]), at=_from_ts(str(r[12])),
-                cached=bool(r[13]),
+                cached=bool(r[13]), saved=Decimal(str(r[14])),
             )
             for r in rows
         ]

@@ -92,6 +92,8 @@ class CostEntry:
     price_table: str
     at: datetime
     cached: bool = False
+    saved: Decimal = Decimal(0)
+    """A cache hit: what the call it did not make would have cost at list price."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +119,14 @@ CostGroup = Literal["tenant", "workflow", "service", "day", "provider"]
 
 @dataclass(frozen=True, slots=True)
 class CostRow:
-    """One line of a cost report: the group's key, its calls (cache hits among them) and
-    their total cost."""
+    """One line of a cost report: the group's key, its calls (cache hits among them), their
+    total cost, and what the cache hits saved (the list price of the calls not made)."""
 
     key: str
     calls: int
     cached: int
     cost: Decimal
+    saved: Decimal = Decimal(0)
 
 
 def group_key(entry: CostEntry, by: CostGroup) -> str:
@@ -136,11 +139,12 @@ def group_key(entry: CostEntry, by: CostGroup) -> str:
 
 def report(entries: Sequence[CostEntry], by: CostGroup) -> list[CostRow]:
     """Entries grouped and summed, the most expensive group first (ties by key)."""
-    groups: dict[str, tuple[int, int, Decimal]] = {}
+    groups: dict[str, tuple[int, int, Decimal, Decimal]] = {}
     for e in entries:
-        calls, cached, cost = groups.get(group_key(e, by), (0, 0, Decimal(0)))
-        groups[group_key(e, by)] = (calls + 1, cached + int(e.cached), cost + e.cost)
-    rows = [CostRow(k, c, h, v) for k, (c, h, v) in groups.items()]
+        calls, cached, cost, saved = groups.get(group_key(e, by), (0, 0, Decimal(0), Decimal(0)))
+        groups[group_key(e, by)] = (calls + 1, cached + int(e.cached), cost + e.cost,
+                                    saved + e.saved)
+    rows = [CostRow(k, c, h, v, s) for k, (c, h, v, s) in groups.items()]
     rows.sort(key=lambda r: (-r.cost, r.key))
     return rows
 

@@ -52,6 +52,8 @@ class ProviderCall:
     """Priced by the price table given to :func:`provider_calls` (0 without one, or for a
     provider it does not list)."""
     currency: str = "USD"
+    saved: float = 0.0
+    """A cache hit: what the call not made would have cost (its original usage, priced)."""
 
     @property
     def duration_s(self) -> float:
@@ -112,9 +114,12 @@ def _call(
     provider, model = provider_of(handling.actor, result)
     usage = getattr(result, "usage", None)
     usage = usage if isinstance(usage, Usage) else None
-    cost = 0.0
+    cost = saved = 0.0
     if pricing is not None and usage is not None and ok:
         cost = float(pricing.cost(ProviderInfo(name=provider, model=model), usage))
+    info = getattr(result, "provider", None)
+    if pricing is not None and isinstance(info, ProviderInfo) and info.saved is not None:
+        saved = float(pricing.cost(info, info.saved))
     return ProviderCall(
         service=handling.actor.service,
         operation=operation_of(envelope.subject) if envelope.subject else envelope.type,
@@ -132,6 +137,7 @@ def _call(
         cached=bool(getattr(getattr(result, "provider", None), "cached", False)),
         cost=cost,
         currency=pricing.currency if pricing is not None else "USD",
+        saved=saved,
     )
 
 

@@ -208,6 +208,16 @@ class StoreContract:
                              reserve=[reservation("r2", "2")])
         assert await store.reserved("t1", T0) == Decimal(1)
 
+    async def test_cost_report_sums_what_cache_hits_saved(self, store: SagaStore) -> None:
+        """A cache hit's entry costs nothing and carries what it saved; reports sum both."""
+        from dataclasses import replace
+
+        hit = replace(cost_entry("r2", "0"), cached=True, saved=Decimal("0.125"))
+        await store.save(new_state(), expected_version=0, costs=[cost_entry("r1", "0.5"), hit])
+        assert await store.cost_report(T0, "service") == [
+            CostRow("responder", 2, 1, Decimal("0.5"), Decimal("0.125"))
+        ]
+
     async def test_timers_are_due_in_order_and_claimed_once(self, store: SagaStore) -> None:
         """Due timers come back oldest first; claiming one succeeds exactly once."""
         await store.save(new_state(), expected_version=0,
