@@ -112,6 +112,14 @@ class CostSettings(BaseModel):
         description='Quota-aware throttling per service ("*": every other one), e.g. '
         '{"translation": {"requests_per_minute": 300, "tokens_per_minute": 100000}}.',
     )
+    throttle_external: bool = Field(
+        default=True,
+        description="Throttle every external provider (an Azure or OpenAI-compatible "
+        "deployment) on its rate-limit headers and 429s alone when no quota is configured for "
+        "its service, so that a 429 pauses the deployment instead of bouncing the request "
+        "through the saga's retries. The local and fake providers are not throttled unless "
+        "configured.",
+    )
     throttle_url: str | None = Field(
         default=None,
         description="redis://… to share the buckets between workers; else AIAPPS_THROTTLE_URL, "
@@ -130,8 +138,14 @@ class CostSettings(BaseModel):
         ref = self.cheaper_models.get(service)
         return Cheaper.parse(ref) if ref else None
 
-    def throttle_of(self, service: str) -> ThrottleSettings | None:
-        return self.throttle.get(service) or self.throttle.get("*")
+    def throttle_of(self, service: str, *, external: bool = False) -> ThrottleSettings | None:
+        """The throttle of ``service``'s provider: the configured one, else (for an
+        ``external`` provider, with ``throttle_external``) one on its headers and 429s alone
+        (no quota), else none."""
+        configured = self.throttle.get(service) or self.throttle.get("*")
+        if configured is None and external and self.throttle_external:
+            return ThrottleSettings()
+        return configured
 
     def control(self, pricing: PriceTable) -> CostControl | None:
         """What the coordinator applies (None when there is no ledger and no budget)."""

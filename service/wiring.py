@@ -227,7 +227,11 @@ def make_actors(
         # one provider per capability, shared by the actors that use it (one OCR engine)
         if service not in built:
             made = new_provider(service)
-            quota = cost.throttle_of(service) if configured is not None else None
+            # an adapter that names the deployment it calls is external (Azure, OpenAI
+            # compatible): throttled on what the service says by default
+            external = callable(getattr(made, "deployment_parts", None))
+            quota = (cost.throttle_of(service, external=external) if configured is not None
+                     else None)
             if quota is not None:  # inside the cache: a hit takes no quota
                 made = throttle(service, made, quota)
             ttl = cost.cache.ttl_of(service)

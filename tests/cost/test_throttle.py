@@ -165,3 +165,35 @@ async def test_redis_bucket_is_shared() -> None:
         await one.client.delete(one.key)
         await one.close()
         await two.close()
+
+
+class TestDefaultThrottle:
+    def test_external_providers_are_throttled_without_a_quota(self) -> None:
+        """No quota configured: an external provider gets a throttle on its headers and
+        429s alone; local and fake providers none; a configured one wins; it can be off."""
+        cost = CostSettings()
+        assert cost.throttle_of("translation", external=True) == ThrottleSettings()
+        assert cost.throttle_of("translation") is None
+        configured = CostSettings(throttle={"translation": ThrottleSettings(
+            requests_per_minute=300)})
+        limits = configured.throttle_of("translation", external=True)
+        assert limits is not None
+        assert limits.requests_per_minute == 300
+        assert CostSettings(throttle_external=False).throttle_of("responder",
+                                                                 external=True) is None
+
+    def test_wiring_throttles_an_azure_adapter_and_not_a_fake(self, tmp_path: Path) -> None:
+        from actors.blobstore import FileBlobStore
+        from actors.providers.azure.translation import AzureTranslator
+        from service.testing import fake_settings
+        from service.wiring import make_actors
+
+        settings = fake_settings(tmp_path)
+        azure = AzureTranslator(key="k", region="westeurope")
+        actors = make_actors(settings, FileBlobStore(tmp_path), ["translation", "speech"],
+                             overrides={"translation": azure})
+        providers = {a.service: getattr(a, "provider", None) for a in actors}
+        # inside the cache: a hit takes no quota
+        translation = providers["translation"]
+        assert isinstance(getattr(translation, "inner", None), ThrottledProvider)
+        assert not isinstance(getattr(providers["speech"], "inner", None), ThrottledProvider)
