@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -57,7 +57,9 @@ def waiting_at_most(seconds: float | None) -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """A deployment's rate limits (None: no limit of that kind)."""
+    """A deployment's rate limits (None: no limit of that kind). ``tokens_per_minute`` is in
+    the unit the deployment is limited by: tokens for a language model, characters for
+    Translator or Speech (the throttle's ``unit``)."""
 
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
@@ -71,6 +73,11 @@ class RateLimiter(Protocol):
 
     async def pause(self, seconds: float) -> None:
         """Stop granting anything for ``seconds`` (the service said ``Retry-After``)."""
+        ...
+
+    async def consume(self, tokens: float) -> None:
+        """Take ``tokens`` more from the bucket now, without waiting (give them back when
+        negative): a call's estimate corrected by what it really used."""
         ...
 
     async def observe(self, info: RateLimitInfo) -> None:
@@ -176,6 +183,14 @@ class LocalRateLimiter:
     async def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self.clock() + seconds)
 
+    async def consume(self, tokens: float) -> None:
+        tpm = self.tokens_per_minute
+        if not tpm or not tokens:
+            return
+        self._refill(self.clock())
+        # into debt if need be (the next calls wait for it), never above a full bucket
+        self._tokens = min(tpm, self._tokens - tokens)
+
     async def observe(self, info: RateLimitInfo) -> None:
         now = self.clock()
         self._refill(now)
@@ -210,8 +225,9 @@ def _lower(configured: float | None, reported: float | None) -> float | None:
     return min(configured, reported)
 
 
-# KEYS[1]: the bucket hash. ARGV: mode ('a' acquire, 'p' pause, 'o' observe), configured rpm,
-# tpm (0: none), then for 'a' the tokens wanted, for 'p' the seconds, for 'o' retry-after,
+# KEYS[1]: the bucket hash. ARGV: mode ('a' acquire, 'p' pause, 'c' consume, 'o' observe),
+# configured rpm, tpm (0: none), then for 'a' the tokens wanted, for 'p' the seconds, for 'c'
+# the tokens to take (negative: to give back), for 'o' retry-after,
 # remaining and reset of requests and of tokens, limit of requests and of tokens (-1: not
 # said). Returns the seconds to wait as a string (0 when granted). Timed by the server's clock;
 # the same rules as LocalRateLimiter.
@@ -248,6 +264,8 @@ if tpm > 0 then tok = math.min(tpm, tok + elapsed * tpm / 60) end
 local wait = 0
 if mode == 'p' then
   paused = math.max(paused, now + tonumber(ARGV[4]))
+elseif mode == 'c' then
+  if tpm > 0 then tok = math.min(tpm, tok - tonumber(ARGV[4])) end
 elseif mode == 'o' then
   local after = tonumber(ARGV[4])
   if after > 0 then paused = math.max(paused, now + after) end
@@ -318,6 +336,10 @@ class RedisRateLimiter:
     async def pause(self, seconds: float) -> None:
         await self._run("p", max(seconds, 0.0))
 
+    async def consume(self, tokens: float) -> None:
+        if tokens:
+            await self._run("c", tokens)
+
     async def observe(self, info: RateLimitInfo) -> None:
         await self._run(
             "o", info.retry_after or 0, _arg(info.remaining_requests), _arg(info.reset_requests),
@@ -342,16 +364,38 @@ class ThrottleStats:
     by_deployment: dict[str, int] = field(default_factory=dict)
 
 
-def estimate_tokens(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """Tokens a call will use, for the tokens-per-minute bucket: ~4 characters a token of
-    its text arguments (at least 1)."""
-    chars = 0
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, str):
-            chars += len(value)
-        elif hasattr(value, "message"):  # a ResponseQuery
-            chars += len(str(value.message))
-    return max(1, math.ceil(chars / 4))
+Unit = Literal["tokens", "characters"]
+"""What a deployment's second quota counts: tokens (a language model) or characters
+(Translator, Speech)."""
+
+
+def _characters(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The characters of the call's text: its first argument (every capability takes its
+    text, prompt or query first; languages, voices and options are not billed)."""
+    first: Any = args[0] if args else next(
+        (kwargs[k] for k in ("text", "prompt", "query") if k in kwargs), None)
+    if isinstance(first, str):
+        return len(first)
+    message = getattr(first, "message", None)  # a ResponseQuery
+    return len(str(message)) if message is not None else 0
+
+
+def estimate_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], unit: Unit = "tokens") -> int:
+    """What a call will take from the bucket before it is made: ~4 characters a token of its
+    text arguments, or their characters (at least 1). Corrected by the call's usage after."""
+    chars = _characters(args, kwargs)
+    return max(1, chars if unit == "characters" else math.ceil(chars / 4))
+
+
+def used(result: Any, unit: Unit) -> int | None:
+    """What a call really took, from its result's usage (None: it does not say)."""
+    usage = getattr(result, "usage", None)
+    if usage is None:
+        return None
+    if unit == "characters":
+        return int(getattr(usage, "characters", 0)) or None
+    tokens = int(getattr(usage, "input_tokens", 0)) + int(getattr(usage, "output_tokens", 0))
+    return tokens or None
 
 
 class ThrottledProvider:
@@ -369,8 +413,10 @@ class ThrottledProvider:
         default_retry_after: float = 1.0,
         stats: ThrottleStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        unit: Unit = "tokens",
     ) -> None:
         self.inner = provider
+        self.unit: Unit = unit
         self.limiter = limiter
         self.deployment = deployment
         self.max_retries = max_retries
@@ -410,7 +456,7 @@ class ThrottledProvider:
 
     async def _call(self, target: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-        tokens = estimate_tokens(args, kwargs)
+        tokens = estimate_tokens(args, kwargs, self.unit)
         waited = 0.0
         attempt = 0
         while True:
@@ -443,7 +489,19 @@ class ThrottledProvider:
                 continue
             for info in seen:
                 await self._observe(info)
+            await self._correct(tokens, used(result, self.unit))
             return result
+
+    async def _correct(self, estimated: int, actual: int | None) -> None:
+        """The bucket gave ``estimated`` before the call; the call used ``actual``: the
+        difference is taken (a long answer's output tokens) or given back."""
+        if actual is None or actual == estimated:
+            return
+        try:
+            await self.limiter.consume(actual - estimated)
+        except Exception:  # a limiter that fails to correct must not fail the call
+            log.warning("usage correction not recorded", deployment=self.deployment,
+                        exc_info=True)
 
     async def _observe(self, info: RateLimitInfo) -> None:
         self.stats.observed += 1
@@ -476,9 +534,10 @@ def throttled_provider(
     max_wait: float = 120.0,
     default_retry_after: float = 1.0,
     stats: ThrottleStats | None = None,
+    unit: Unit = "tokens",
 ) -> Any:
     """``provider`` behind the rate limiter (same protocol, typed as the provider)."""
     return ThrottledProvider(
         provider, limiter, deployment=deployment, max_retries=max_retries, max_wait=max_wait,
-        default_retry_after=default_retry_after, stats=stats,
+        default_retry_after=default_retry_after, stats=stats, unit=unit,
     )

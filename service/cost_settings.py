@@ -4,8 +4,9 @@ Meant as a ``cost: CostSettings`` field of :class:`service.settings.Settings`.""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saga.budget import CostControl, TenantBudget
 from saga.cost import PriceTable
@@ -65,12 +66,33 @@ class ThrottleSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="For a language model: tokens (input and output).")
+    characters_per_minute: float | None = Field(
+        default=None, gt=0,
+        description="For a service limited by characters (Translator, Speech): characters.",
+    )
     max_retries: int = Field(default=10, ge=0, description="429s absorbed per call.")
     max_wait: float = Field(default=120.0, ge=0, description="Seconds a call may wait in all.")
     default_retry_after: float = Field(
         default=1.0, ge=0, description="The pause after a 429 that says no Retry-After."
     )
+
+    @model_validator(mode="after")
+    def _one_volume_quota(self) -> ThrottleSettings:
+        if self.tokens_per_minute is not None and self.characters_per_minute is not None:
+            raise ValueError("give tokens_per_minute or characters_per_minute, not both")
+        return self
+
+    @property
+    def unit(self) -> Literal["tokens", "characters"]:
+        """What the volume quota counts."""
+        return "characters" if self.characters_per_minute is not None else "tokens"
+
+    @property
+    def per_minute(self) -> float | None:
+        """The volume quota, in :attr:`unit`."""
+        return self.characters_per_minute or self.tokens_per_minute
 
 
 class CostSettings(BaseModel):

@@ -206,7 +206,7 @@ def make_actors(
 
         from actors.cache import deployment_identity
 
-        quota = Quota(limits.requests_per_minute, limits.tokens_per_minute)
+        quota = Quota(limits.requests_per_minute, limits.per_minute)
         # one bucket per deployment called (endpoint, resource, model), shared by every
         # worker that calls it, whatever their other settings
         deployment = f"{service}:{deployment_identity(made)}"
@@ -221,6 +221,7 @@ def make_actors(
         return throttled_provider(
             made, limiter, deployment=deployment, max_retries=limits.max_retries,
             max_wait=limits.max_wait, default_retry_after=limits.default_retry_after,
+            unit=limits.unit,
         )
 
     def provider(service: str) -> Any:

@@ -101,7 +101,8 @@ class TestWrapper:
         assert wrapped.stats.gave_up == 1
 
     def test_token_estimate(self) -> None:
-        assert estimate_tokens(("a" * 9, "en"), {}) == 3  # 11 characters
+        assert estimate_tokens(("a" * 9, "en"), {}) == 3  # 9 characters of text
+        assert estimate_tokens(("a" * 9, "en"), {}, "characters") == 9
         assert estimate_tokens((), {}) == 1
 
     async def test_other_attributes_are_the_providers(self) -> None:
@@ -196,3 +197,95 @@ class TestDefaultThrottle:
         translation = providers["translation"]
         assert isinstance(getattr(translation, "inner", None), ThrottledProvider)
         assert not isinstance(getattr(providers["speech"], "inner", None), ThrottledProvider)
+
+
+class Answering:
+    """A responder whose answers use ``tokens`` tokens in all, whatever the question."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.calls = 0
+
+    async def respond(self, message: str) -> object:
+        from types import SimpleNamespace
+
+        from events import Usage
+
+        self.calls += 1
+        return SimpleNamespace(usage=Usage(input_tokens=2, output_tokens=self.tokens - 2))
+
+
+class TestUsageCorrection:
+    async def test_a_call_that_used_more_than_estimated_is_charged_the_rest(self) -> None:
+        """The bucket lends ~chars/4 before a call (2 tokens for 8 characters); the answer
+        used 80: the 78 more are taken after it, so the next call waits for them."""
+        t = VirtualTime()
+        bucket = LocalRateLimiter(Quota(tokens_per_minute=100), clock=t)
+        wrapped = ThrottledProvider(Answering(80), bucket, deployment="d", sleep=t.sleep)
+        await wrapped.respond("x" * 8)
+        assert bucket._tokens == pytest.approx(20)
+        await wrapped.respond("x" * 120)  # 30 estimated: 10 short, 6 s at 100 a minute
+        assert t.now == pytest.approx(6.0)
+
+    async def test_a_call_that_used_less_gives_the_rest_back(self) -> None:
+        t = VirtualTime()
+        bucket = LocalRateLimiter(Quota(tokens_per_minute=100), clock=t)
+        wrapped = ThrottledProvider(Answering(5), bucket, deployment="d", sleep=t.sleep)
+        await wrapped.respond("x" * 200)  # 50 estimated, 5 used
+        assert bucket._tokens == pytest.approx(95)
+
+    async def test_characters_are_counted_for_a_translator(self) -> None:
+        """A Translator's quota is characters: the bucket takes the text's characters and is
+        corrected by the characters billed."""
+        t = VirtualTime()
+        bucket = LocalRateLimiter(Quota(tokens_per_minute=10), clock=t)
+        wrapped = ThrottledProvider(FakeTranslator(), bucket, deployment="d", sleep=t.sleep,
+                                    unit="characters")
+        await wrapped.translate("hola amigo", "en")  # 10 characters: the whole minute's
+        assert bucket._tokens == pytest.approx(0)
+        await wrapped.translate("hola", "en")
+        assert t.now == pytest.approx(24.0)  # 4 characters at 10 a minute
+
+    def test_settings_say_which_unit(self) -> None:
+        from pydantic import ValidationError
+
+        chars = ThrottleSettings(characters_per_minute=1000)
+        assert (chars.unit, chars.per_minute) == ("characters", 1000)
+        tokens = ThrottleSettings(tokens_per_minute=5000)
+        assert (tokens.unit, tokens.per_minute) == ("tokens", 5000)
+        with pytest.raises(ValidationError, match="not both"):
+            ThrottleSettings(tokens_per_minute=1, characters_per_minute=1)
+
+    def test_wiring_gives_the_translator_a_character_bucket(self, tmp_path: Path) -> None:
+        from actors.blobstore import FileBlobStore
+        from service.testing import fake_settings
+        from service.wiring import make_actors
+
+        settings = fake_settings(tmp_path, cost=CostSettings(
+            cache=CacheSettings(enabled=False),
+            throttle={"translation": ThrottleSettings(characters_per_minute=2_000_000)}))
+        (actor,) = make_actors(settings, FileBlobStore(tmp_path), ["translation"])
+        provider = getattr(actor, "provider", None)
+        assert isinstance(provider, ThrottledProvider)
+        assert provider.unit == "characters"
+
+
+async def test_redis_bucket_takes_corrections() -> None:
+    pytest.importorskip("redis")
+    deployment = f"test-{uuid.uuid4().hex}"
+    bucket = RedisRateLimiter("redis://127.0.0.1:6379/15", deployment, Quota(None, 60))
+    try:
+        try:
+            await bucket.client.ping()
+        except Exception:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip("no Redis at 127.0.0.1:6379")
+        assert await bucket.acquire(10) == 0.0
+        await bucket.consume(50)  # the call used 60: the bucket is empty
+        assert await bucket.acquire(1) > 0.5
+        await bucket.consume(-30)  # given back
+        assert await bucket.acquire(20) == 0.0
+    finally:
+        await bucket.client.delete(bucket.key)
+        await bucket.close()
