@@ -9,6 +9,11 @@ parameters. A hit returns the cached result marked ``provider.cached=True`` with
 ``usage`` (nothing was called, nothing was paid), so the saga's cost stays right; the money
 the original call cost is counted as saved in :class:`CacheStats`.
 
+Cache only: inside :func:`answering_from_cache_only` (the actor runtime enters it for a
+request with ``cache_only=True``, which the coordinator sends when a budget refuses the call)
+a lookup that misses raises :class:`NotCachedError` instead of calling the provider; a call
+in flight for the same key is still shared (that costs nothing either).
+
 Backends: the saga store (``cache_get``/``cache_put``) by default, Redis when
 ``AIAPPS_CACHE_URL=redis://…`` (extra ``redis``). A backend that fails is a miss, never an
 error of the call.
@@ -26,7 +31,9 @@ import time
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,6 +50,7 @@ from actors.capabilities import (
     ResponseQuery,
     Translation,
 )
+from actors.errors import PermanentError
 from events.common import ProviderInfo, Usage
 
 log = structlog.get_logger("actors.cache")
@@ -50,6 +58,32 @@ log = structlog.get_logger("actors.cache")
 R = TypeVar("R", Detection, ImageAnalysis, Translation, ResponseDraft, Audio)
 
 CACHEABLE_SERVICES = ("language", "vision", "translation", "responder", "speech")
+
+
+class NotCachedError(PermanentError):
+    """A request that may be answered from the cache only (over budget) had no cached
+    answer: nothing was called, nothing paid. Permanent: the step takes its fallback."""
+
+    error_class = "not_cached"
+
+
+_cache_only: ContextVar[bool] = ContextVar("aiapps_cache_only", default=False)
+
+
+@contextmanager
+def answering_from_cache_only(enabled: bool = True) -> Iterator[None]:
+    """Within it (per task), cached providers answer from the cache or raise
+    :class:`NotCachedError`; they never call the provider."""
+    token = _cache_only.set(enabled)
+    try:
+        yield
+    finally:
+        _cache_only.reset(token)
+
+
+def serves_from_cache(provider: object) -> bool:
+    """Whether ``provider`` is behind the result cache (so it can answer cache-only)."""
+    return isinstance(provider, _Cached)
 
 
 # -- backends -----------------------------------------------------------------------------
@@ -175,6 +209,8 @@ class CacheStats:
     coalesced: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Of the hits, those that shared a call in flight (single-flight) rather than a stored
     result."""
+    not_cached: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Requests for a cached answer only (over budget) that had none."""
 
     def hit(self, service: str, saved: Decimal) -> None:
         self.hits[service] += 1
@@ -202,7 +238,7 @@ class CacheStats:
             "saved": {k: str(v) for k, v in self.saved.items()},
             "total_hits": self.total_hits, "total_misses": self.total_misses,
             "total_saved": str(self.total_saved), "errors": self.errors,
-            "coalesced": dict(self.coalesced),
+            "coalesced": dict(self.coalesced), "not_cached": dict(self.not_cached),
         }
 
 
@@ -319,7 +355,8 @@ class ResultCache:
     def _hit(self, service: str, found: R) -> R:
         """``found`` as a hit: marked cached, no usage; what it cost is counted as saved."""
         self.stats.hit(service, self.pricing.cost(found.provider, found.usage))
-        info = found.provider.model_copy(update={"cached": True})
+        # what it would have consumed travels with it: the ledger prices it as money saved
+        info = found.provider.model_copy(update={"cached": True, "saved": found.usage})
         return dataclasses.replace(found, provider=info, usage=Usage())
 
     async def through(
@@ -332,9 +369,16 @@ class ResultCache:
             found = await self._lookup(service, key, adapter)
             if found is not None:
                 return self._hit(service, found)
+            flight = self._flights.get(key)
+            if _cache_only.get() and (flight is None or flight.deadline <= self.clock()):
+                # over budget: only a stored answer, or one being fetched, may be used
+                self.stats.not_cached[service] += 1
+                raise NotCachedError(
+                    f"not cached, over budget: no cached {service} answer for this request, "
+                    "and the budget allows no call", provider=service,
+                )
             if self.wait <= 0:
                 return await self._call(service, key, ttl, adapter, call)
-            flight = self._flights.get(key)
             if flight is None:
                 return await self._lead(service, key, ttl, adapter, call)
             left = flight.deadline - self.clock()
@@ -347,6 +391,8 @@ class ResultCache:
             except TimeoutError:
                 if not waited.expired():
                     raise  # the leader's own error
+                if _cache_only.get():
+                    continue  # not ours to call: look once more, then give up
                 return await self._call(service, key, ttl, adapter, call)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -467,8 +513,21 @@ def _text(value: str) -> str:
     return unicodedata.normalize("NFC", value).strip()
 
 
-def provider_identity(provider: Any) -> str:
-    """Names a provider in keys: its class, and its model or deployment when it says."""
+def _described(provider: Any, method: str) -> dict[str, Any] | None:
+    describe = getattr(provider, method, None)
+    if not callable(describe):
+        return None
+    parts = describe()
+    return parts if isinstance(parts, dict) else None
+
+
+def _named(provider: Any, parts: dict[str, Any]) -> str:
+    cls = type(provider)
+    body = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{cls.__module__}.{cls.__qualname__}|{hashlib.sha256(body.encode()).hexdigest()[:24]}"
+
+
+def _plain_identity(provider: Any) -> str:
     cls = type(provider)
     parts = [f"{cls.__module__}.{cls.__qualname__}"]
     info = getattr(provider, "provider", None)
@@ -479,6 +538,38 @@ def provider_identity(provider: Any) -> str:
         if isinstance(value, str):
             parts.append(value)
     return "|".join(parts)
+
+
+def _unwrapped(provider: Any) -> Any:
+    """The provider behind a throttle: throttling does not change what is called or said."""
+    from actors.throttle import ThrottledProvider
+
+    while isinstance(provider, ThrottledProvider):
+        provider = provider.inner
+    return provider
+
+
+def deployment_identity(provider: Any) -> str:
+    """Names the deployment a provider calls (the throttle's bucket): its class and, hashed,
+    what it says in ``deployment_parts()`` (endpoint, region, resource, model); without that,
+    its class and model or deployment."""
+    provider = _unwrapped(provider)
+    parts = _described(provider, "deployment_parts")
+    return _named(provider, parts) if parts is not None else _plain_identity(provider)
+
+
+def provider_identity(provider: Any) -> str:
+    """Names a provider in cache keys: everything that changes its output, hashed (never a
+    secret): the deployment (``deployment_parts()``) and the settings (``output_parts()``:
+    an API or model version, a voice map, a language, a confidence floor, a knowledge base's
+    content, prompt options). A provider that describes neither is named by its class and
+    model or deployment."""
+    provider = _unwrapped(provider)
+    deployment = _described(provider, "deployment_parts")
+    output = _described(provider, "output_parts")
+    if deployment is None and output is None:
+        return _plain_identity(provider)
+    return _named(provider, {"deployment": deployment or {}, "output": output or {}})
 
 
 class _Cached:

@@ -18,12 +18,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
 import structlog
 
 from actors.blobstore import BlobNotFound
+from actors.cache import NotCachedError, answering_from_cache_only, serves_from_cache
 from actors.errors import PermanentError, ProviderError, ThrottledError
+from actors.throttle import waiting_at_most
 from bus.base import Handler, Transport
 from events.base import Event
 from events.envelope import Envelope
@@ -133,8 +136,14 @@ class ActorRuntime:
         concurrency: int | None = None,
         inbox: Inbox | None = None,
         claim_lease: float = 10.0,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.transport = transport
+        self.clock = clock or _utcnow
+        """What request deadlines are compared with (the service's clock: the coordinator
+        sets them on its own)."""
+        self.expired = 0
+        """Requests not worked on because their deadline had passed."""
         self.inbox = inbox
         self.claim_lease = claim_lease
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -206,6 +215,26 @@ class ActorRuntime:
         # one claim per delivery, not per process: two deliveries of one request to the same
         # worker (a redelivery racing the original) must not both call the provider
         owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
+        if self._left(envelope) == 0.0 and (
+            self.inbox is None or await self.inbox.recorded_result(envelope.id) is None
+        ):
+            # its step stopped waiting (the request sat in a queue, or waited for a worker):
+            # the provider is not called, nothing is paid; the failure says why (the
+            # coordinator has timed the attempt out, or is about to, and retries or falls
+            # back as after any timeout)
+            self.expired += 1
+            failure = StepFailed(
+                step=envelope.subject, service=actor.service, error_class="expired",
+                message=f"the request's deadline ({envelope.deadline}) passed before "
+                f"{actor.service} took it; not called", retryable=True,
+            )
+            log.warning("request expired before it was worked on; not called",
+                        service=actor.service, deadline=str(envelope.deadline))
+            handling.result = failure
+            await self.transport.publish(
+                envelope.follow(failure, source=f"/ai-apps/actors/{actor.service}")
+            )
+            return
         if self.inbox is not None:
             recorded = await self._claim(envelope, owner)
             if recorded is not None:
@@ -241,9 +270,23 @@ class ActorRuntime:
         # until then no other worker can have taken the claim over: it was made (or renewed)
         # for claim_lease seconds from after the moment it was asked for
         held_until = [self._claimed_at.pop(owner, loop.time()) + self.claim_lease]
+        # over budget the coordinator asks for a cached answer only: the provider is never
+        # called, so a provider without the result cache cannot answer at all
+        cache_only = getattr(envelope.data, "cache_only", None) is True
+        # the call (its throttle wait too) ends by the request's deadline: after it, nobody
+        # waits for the answer
+        left = self._left(envelope)
+        limit = actor.call_timeout if left is None else min(actor.call_timeout, left)
         try:
-            async with asyncio.timeout(actor.call_timeout):
-                result = await self._perform_holding(actor, envelope, owner, held_until)
+            if cache_only and not serves_from_cache(actor.provider):
+                raise NotCachedError(
+                    f"not cached, over budget: {actor.service} has no result cache here, and "
+                    "the budget allows no call", provider=actor.service,
+                )
+            async with asyncio.timeout(limit):
+                # (the call runs in a task of its own, which takes these context variables)
+                with answering_from_cache_only(cache_only), waiting_at_most(left):
+                    result = await self._perform_holding(actor, envelope, owner, held_until)
         except ClaimLost:
             return None
         except ProviderError as exc:
@@ -253,7 +296,8 @@ class ActorRuntime:
         except TimeoutError:
             result = StepFailed(
                 step=envelope.subject, service=actor.service, error_class="timeout",
-                message=f"{actor.service} did not answer within {actor.call_timeout:g}s",
+                message=f"{actor.service} did not answer within {limit:g}s"
+                + (" (the request's deadline)" if limit < actor.call_timeout else ""),
                 retryable=True,
             )
         except Exception:
@@ -285,6 +329,12 @@ class ActorRuntime:
                     handling.result = recorded.data
                     reply = recorded
         return reply
+
+    def _left(self, envelope: Envelope) -> float | None:
+        """Seconds until the request's deadline (0.0 once it has passed; None: it has none)."""
+        if envelope.deadline is None:
+            return None
+        return max((envelope.deadline - self.clock()).total_seconds(), 0.0)
 
     async def _claim(self, envelope: Envelope, owner: str) -> Envelope | None:
         """Wait until this worker holds the request's claim (None) or its result is recorded
@@ -356,6 +406,10 @@ class ActorRuntime:
                 raise ClaimLost(envelope.id)
             held_until[0] = asked + self.claim_lease
             pause = self.claim_lease / 3
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _failure(actor: Actor, envelope: Envelope, exc: ProviderError) -> StepFailed:

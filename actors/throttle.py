@@ -23,9 +23,11 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -38,10 +40,26 @@ CAPABILITY_METHODS = frozenset(
     {"detect", "analyze", "translate", "respond", "synthesize", "generate"}
 )
 
+_wait_budget: ContextVar[float | None] = ContextVar("aiapps_throttle_budget", default=None)
+
+
+@contextmanager
+def waiting_at_most(seconds: float | None) -> Iterator[None]:
+    """Within it (per task), a throttled call waits for quota at most ``seconds`` (less than
+    its own ``max_wait`` if that is longer): the actor runtime bounds it by the request's
+    deadline, so no call waits for a slot after its step has stopped waiting for it."""
+    token = _wait_budget.set(seconds)
+    try:
+        yield
+    finally:
+        _wait_budget.reset(token)
+
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """A deployment's rate limits (None: no limit of that kind)."""
+    """A deployment's rate limits (None: no limit of that kind). ``tokens_per_minute`` is in
+    the unit the deployment is limited by: tokens for a language model, characters for
+    Translator or Speech (the throttle's ``unit``)."""
 
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
@@ -55,6 +73,11 @@ class RateLimiter(Protocol):
 
     async def pause(self, seconds: float) -> None:
         """Stop granting anything for ``seconds`` (the service said ``Retry-After``)."""
+        ...
+
+    async def consume(self, tokens: float) -> None:
+        """Take ``tokens`` more from the bucket now, without waiting (give them back when
+        negative): a call's estimate corrected by what it really used."""
         ...
 
     async def observe(self, info: RateLimitInfo) -> None:
@@ -160,6 +183,14 @@ class LocalRateLimiter:
     async def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self.clock() + seconds)
 
+    async def consume(self, tokens: float) -> None:
+        tpm = self.tokens_per_minute
+        if not tpm or not tokens:
+            return
+        self._refill(self.clock())
+        # into debt if need be (the next calls wait for it), never above a full bucket
+        self._tokens = min(tpm, self._tokens - tokens)
+
     async def observe(self, info: RateLimitInfo) -> None:
         now = self.clock()
         self._refill(now)
@@ -194,8 +225,9 @@ def _lower(configured: float | None, reported: float | None) -> float | None:
     return min(configured, reported)
 
 
-# KEYS[1]: the bucket hash. ARGV: mode ('a' acquire, 'p' pause, 'o' observe), configured rpm,
-# tpm (0: none), then for 'a' the tokens wanted, for 'p' the seconds, for 'o' retry-after,
+# KEYS[1]: the bucket hash. ARGV: mode ('a' acquire, 'p' pause, 'c' consume, 'o' observe),
+# configured rpm, tpm (0: none), then for 'a' the tokens wanted, for 'p' the seconds, for 'c'
+# the tokens to take (negative: to give back), for 'o' retry-after,
 # remaining and reset of requests and of tokens, limit of requests and of tokens (-1: not
 # said). Returns the seconds to wait as a string (0 when granted). Timed by the server's clock;
 # the same rules as LocalRateLimiter.
@@ -232,6 +264,8 @@ if tpm > 0 then tok = math.min(tpm, tok + elapsed * tpm / 60) end
 local wait = 0
 if mode == 'p' then
   paused = math.max(paused, now + tonumber(ARGV[4]))
+elseif mode == 'c' then
+  if tpm > 0 then tok = math.min(tpm, tok - tonumber(ARGV[4])) end
 elseif mode == 'o' then
   local after = tonumber(ARGV[4])
   if after > 0 then paused = math.max(paused, now + after) end
@@ -302,6 +336,10 @@ class RedisRateLimiter:
     async def pause(self, seconds: float) -> None:
         await self._run("p", max(seconds, 0.0))
 
+    async def consume(self, tokens: float) -> None:
+        if tokens:
+            await self._run("c", tokens)
+
     async def observe(self, info: RateLimitInfo) -> None:
         await self._run(
             "o", info.retry_after or 0, _arg(info.remaining_requests), _arg(info.reset_requests),
@@ -326,16 +364,38 @@ class ThrottleStats:
     by_deployment: dict[str, int] = field(default_factory=dict)
 
 
-def estimate_tokens(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """Tokens a call will use, for the tokens-per-minute bucket: ~4 characters a token of
-    its text arguments (at least 1)."""
-    chars = 0
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, str):
-            chars += len(value)
-        elif hasattr(value, "message"):  # a ResponseQuery
-            chars += len(str(value.message))
-    return max(1, math.ceil(chars / 4))
+Unit = Literal["tokens", "characters"]
+"""What a deployment's second quota counts: tokens (a language model) or characters
+(Translator, Speech)."""
+
+
+def _characters(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The characters of the call's text: its first argument (every capability takes its
+    text, prompt or query first; languages, voices and options are not billed)."""
+    first: Any = args[0] if args else next(
+        (kwargs[k] for k in ("text", "prompt", "query") if k in kwargs), None)
+    if isinstance(first, str):
+        return len(first)
+    message = getattr(first, "message", None)  # a ResponseQuery
+    return len(str(message)) if message is not None else 0
+
+
+def estimate_tokens(args: tuple[Any, ...], kwargs: dict[str, Any], unit: Unit = "tokens") -> int:
+    """What a call will take from the bucket before it is made: ~4 characters a token of its
+    text arguments, or their characters (at least 1). Corrected by the call's usage after."""
+    chars = _characters(args, kwargs)
+    return max(1, chars if unit == "characters" else math.ceil(chars / 4))
+
+
+def used(result: Any, unit: Unit) -> int | None:
+    """What a call really took, from its result's usage (None: it does not say)."""
+    usage = getattr(result, "usage", None)
+    if usage is None:
+        return None
+    if unit == "characters":
+        return int(getattr(usage, "characters", 0)) or None
+    tokens = int(getattr(usage, "input_tokens", 0)) + int(getattr(usage, "output_tokens", 0))
+    return tokens or None
 
 
 class ThrottledProvider:
@@ -353,8 +413,10 @@ class ThrottledProvider:
         default_retry_after: float = 1.0,
         stats: ThrottleStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        unit: Unit = "tokens",
     ) -> None:
         self.inner = provider
+        self.unit: Unit = unit
         self.limiter = limiter
         self.deployment = deployment
         self.max_retries = max_retries
@@ -374,11 +436,17 @@ class ThrottledProvider:
 
         return call
 
+    def _max_wait(self) -> float:
+        """How long this call may wait in all: ``max_wait``, or less before a deadline."""
+        budget = _wait_budget.get()
+        return self.max_wait if budget is None else max(min(self.max_wait, budget), 0.0)
+
     async def _wait_for_slot(self, tokens: int, waited: float) -> float:
         while (wait := await self.limiter.acquire(tokens)) > 0:
-            if waited + wait > self.max_wait:
+            if waited + wait > (limit := self._max_wait()):
                 raise ThrottledError(
-                    f"{self.deployment}: no quota within {self.max_wait:g}s",
+                    f"{self.deployment}: no quota within {limit:g}s"
+                    + (" (the request's deadline)" if limit < self.max_wait else ""),
                     retry_after=wait, provider=self.deployment,
                 )
             await self._sleep(wait)
@@ -388,7 +456,7 @@ class ThrottledProvider:
 
     async def _call(self, target: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-        tokens = estimate_tokens(args, kwargs)
+        tokens = estimate_tokens(args, kwargs, self.unit)
         waited = 0.0
         attempt = 0
         while True:
@@ -413,7 +481,7 @@ class ThrottledProvider:
                 await self._observe(dataclasses.replace(
                     exc.rate_limit or RateLimitInfo(), retry_after=pause
                 ))
-                if attempt > self.max_retries or waited + pause > self.max_wait:
+                if attempt > self.max_retries or waited + pause > self._max_wait():
                     self.stats.gave_up += 1
                     raise
                 log.info("throttled; pausing the deployment", deployment=self.deployment,
@@ -421,7 +489,19 @@ class ThrottledProvider:
                 continue
             for info in seen:
                 await self._observe(info)
+            await self._correct(tokens, used(result, self.unit))
             return result
+
+    async def _correct(self, estimated: int, actual: int | None) -> None:
+        """The bucket gave ``estimated`` before the call; the call used ``actual``: the
+        difference is taken (a long answer's output tokens) or given back."""
+        if actual is None or actual == estimated:
+            return
+        try:
+            await self.limiter.consume(actual - estimated)
+        except Exception:  # a limiter that fails to correct must not fail the call
+            log.warning("usage correction not recorded", deployment=self.deployment,
+                        exc_info=True)
 
     async def _observe(self, info: RateLimitInfo) -> None:
         self.stats.observed += 1
@@ -454,9 +534,10 @@ def throttled_provider(
     max_wait: float = 120.0,
     default_retry_after: float = 1.0,
     stats: ThrottleStats | None = None,
+    unit: Unit = "tokens",
 ) -> Any:
     """``provider`` behind the rate limiter (same protocol, typed as the provider)."""
     return ThrottledProvider(
         provider, limiter, deployment=deployment, max_retries=max_retries, max_wait=max_wait,
-        default_retry_after=default_retry_after, stats=stats,
+        default_retry_after=default_retry_after, stats=stats, unit=unit,
     )

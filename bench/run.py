@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,9 @@ def _machine_line(result: dict[str, Any]) -> str:
 
 def _provenance(result: dict[str, Any]) -> str:
     path = Path(str(result.get("path", "")))
-    rel = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    # results record where they were written (another checkout, maybe): link the copy here
+    rel = (path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT)
+           else Path("bench/results") / path.name if path.parent.name == "results" else path)
     return (
         f"*Run {_when(result)} with `{result.get('command', '?')}` on {_machine_line(result)}. "
         f"Raw result: [`{rel}`](../../{rel}).*"
@@ -352,7 +355,59 @@ def headline(results: dict[str, dict[str, Any] | None]) -> list[str]:
             f"**{v['on']['paired_ratio_median']:.2f}**, with a span exporter "
             f"**{v['exporter']['paired_ratio_median']:.2f}** | — | see below |"
         )
+    cache = results.get("cache")
+    if cache:
+        s = cache["summary"]
+        rows.append(
+            f"| result cache, {cache['params']['n']:,} inquiries with repeats | provider calls "
+            f"**{s['provider_calls']['saved_pct']:.1f}%** fewer, cost "
+            f"**{s['cost']['saved_pct']:.1f}%** less | — | — |"
+        )
     return rows
+
+
+def section_cache(result: dict[str, Any]) -> list[str]:
+    """The result cache: the same inquiries with and without it (``bench.cache``)."""
+    off, on, s, w = (result["without_cache"], result["with_cache"], result["summary"],
+                     result["workload"])
+    caps = sorted(set(off["calls_by_capability"]) | set(on["calls_by_capability"]))
+    steps = sorted(set(off["cost_by_step"]) | set(on["cost_by_step"]))
+    return [
+        "## 6. Result cache", "", _provenance(result), "",
+        f"{result['params']['n']:,} support inquiries drawn (seed {result['params']['seed']}) "
+        f"from {w['distinct_messages']} distinct messages with a Zipf-like skew: "
+        f"{w['non_english']} not in English (translated in and out), {w['with_photo']} with "
+        f"one of {w['distinct_photos']} product photos, {w['voice']} asking for a voice reply. "
+        "Every provider is a fake priced as a list-price model (price table "
+        f"`{result['params']['price_table']}`); the responder is not cacheable (the default), "
+        "so every inquiry pays for its answer. Both variants run the same draws in one "
+        "process (in-memory bus and store).",
+        "",
+        "| provider calls | without cache | with cache |", "|---|---:|---:|",
+        *(f"| {c} | {off['calls_by_capability'].get(c, 0):,} | "
+          f"{on['calls_by_capability'].get(c, 0):,} |" for c in caps),
+        f"| **all** | **{off['provider_calls']:,}** | **{on['provider_calls']:,}** |",
+        "",
+        "| cost (USD) by step | without cache | with cache |", "|---|---:|---:|",
+        *(f"| {k} | {off['cost_by_step'].get(k, '0')} | {on['cost_by_step'].get(k, '0')} |"
+          for k in steps),
+        f"| **total** | **{off['cost_total']}** | **{on['cost_total']}** |",
+        "",
+        f"- The cache cuts provider calls by {s['provider_calls']['saved_pct']:.1f}% "
+        f"({s['provider_calls']['saved']:,} fewer) and cost by {s['cost']['saved_pct']:.1f}% "
+        f"({s['cost']['saved']} USD less).",
+        f"- What the cache metered as saved (`CacheStats`; the `ai_apps.cache.saved` counter "
+        f"and the ledger's `saved` column price the same hits): {s['cost']['metered_saved']} "
+        "USD" + (", the difference of the two totals: every call the cache answered is one "
+                 "the run without it paid for."
+                 if s['cost']['metered_saved'] is not None
+                 and Decimal(s['cost']['metered_saved']) == Decimal(s['cost']['saved'])
+                 else f", against {s['cost']['saved']} USD between the two totals."),
+        "- The answers (the responder) cost the same in both, generated for every inquiry; "
+        "what is left with the cache is the first call of each distinct text, photo and "
+        "voice, and the answers.",
+        "",
+    ]
 
 
 def section_hop(result: dict[str, Any]) -> list[str]:
@@ -849,8 +904,9 @@ def build_report(
     """Write ``report_dir/README.md`` and the plots from the newest result of each part."""
     report_dir.mkdir(parents=True, exist_ok=True)
     results = {part: latest(out_dir, part) for part in PARTS}
+    cache = latest(out_dir, "cache")  # run on its own: python -m bench.cache
     sizes = latest_by_n(out_dir, "inflight")
-    used = [r for r in results.values() if r is not None] + sizes
+    used = [r for r in results.values() if r is not None] + sizes + ([cache] if cache else [])
     sections: dict[str, Callable[[dict[str, Any]], list[str]]] = {
         "hop": section_hop, "saga": section_saga,
         "inflight": lambda r: section_inflight(r, sizes), "scaleout": section_scaleout,
@@ -869,7 +925,7 @@ def build_report(
         "",
         "```bash",
         ".venv/bin/python -m bench.run                  # every part at its default size",
-        ".venv/bin/python -m bench.run --only saga      # one part: hop|saga|inflight|scaleout",
+        ".venv/bin/python -m bench.run --only saga      # one part: hop|saga|inflight|scaleout|telemetry",
         ".venv/bin/python -m bench.run --quick          # small sizes, into bench/results/quick/",
         ".venv/bin/python -m bench.run --report-only    # rebuild this report from bench/results/",
         "```",
@@ -884,7 +940,7 @@ def build_report(
     if invoked:
         lines += [f"This report was written by `{invoked}`; each section names the command "
                   "and the date of its own result.", ""]
-    lines += ["## Headline", "", *headline(results), "", *NOISE]
+    lines += ["## Headline", "", *headline({**results, "cache": cache}), "", *NOISE]
     for part in PARTS:
         result = results[part]
         if result is None:
@@ -893,6 +949,8 @@ def build_report(
             continue
         PLOTS[part](result, report_dir / f"{part}.png")
         lines += sections[part](result)
+    if cache is not None:
+        lines += section_cache(cache)
     path = report_dir / "README.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

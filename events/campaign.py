@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from events.base import Event, event
 from events.common import BlobRef, Value
-from events.support import ProviderResult
+from events.support import Cost, ProviderResult
 
 _LANG = r"^[a-z]{2,3}$"
 _HEX = r"^#[0-9a-fA-F]{6}$"
@@ -216,6 +216,9 @@ class CampaignReady(Event):
     market_ready: tuple[str, ...] = Field(description="The languages that are market-ready.")
     degraded: tuple[str, ...] = ()
     processing_time_ms: float = Field(ge=0)
+    cost: Cost | None = Field(
+        default=None, description="What its AI calls cost, by step (absent: not priced)."
+    )
 
 
 @event
@@ -228,6 +231,9 @@ class CampaignFailed(Event):
     assets_removed: tuple[BlobRef, ...] = ()
     budget_released: bool = False
     processing_time_ms: float = Field(default=0, ge=0)
+    cost: Cost | None = Field(
+        default=None, description="What its AI calls cost, by step (absent: not priced)."
+    )
 
 
 @event
@@ -239,3 +245,6 @@ class CampaignCancelled(Event):
     assets_removed: tuple[BlobRef, ...] = ()
     budget_released: bool = False
     processing_time_ms: float = Field(default=0, ge=0)
+    cost: Cost | None = Field(
+        default=None, description="What its AI calls cost, by step (absent: not priced)."
+    )

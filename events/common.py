@@ -28,6 +28,14 @@ class Usage(Value):
     output_tokens: int = 0
     characters: int = 0
     images: int = 0
+    image_size: str | None = Field(
+        default=None, examples=["1024x1024", "1792x1024"],
+        description="The size of the images generated (their price depends on it).",
+    )
+    image_quality: str | None = Field(
+        default=None, examples=["standard", "hd"],
+        description="The quality the images were generated at (their price depends on it).",
+    )
     transactions: int = 0
     audio_seconds: float = 0.0
 
@@ -40,4 +48,9 @@ class ProviderInfo(Value):
     cached: bool = Field(
         default=False,
         description="The result came from the result cache: nothing was called or paid.",
+    )
+    saved: Usage | None = Field(
+        default=None,
+        description="On a cache hit: what the original call consumed, so what this answer "
+        "saved (priced by the price table: the money saved).",
     )

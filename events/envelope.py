@@ -49,6 +49,11 @@ class _Attributes(BaseModel):
     """W3C Baggage (the ``baggage`` header's value) travelling with the trace context."""
     replayof: str | None = None
     """Set on events re-emitted by a replay or resume: the id of the original event."""
+    deadline: datetime | None = None
+    """On a request the coordinator dispatched: when the step stops waiting for its answer
+    (its timeout). A worker that takes the request later does not call its provider, and a
+    call in progress (its throttle wait included) is bounded by it. A CloudEvents extension
+    attribute (an RFC 3339 timestamp); absent on every other event."""
 
 
 class Envelope(_Attributes):

@@ -9,7 +9,7 @@ from pydantic import Field
 from events.base import Event, event
 from events.campaign import Box
 from events.common import BlobRef, Value
-from events.support import ProviderResult
+from events.support import Cost, ProviderResult
 
 _LANG = r"^[a-z]{2,3}$"
 
@@ -139,6 +139,9 @@ class InspectionReported(Event):
     documentation: tuple[LanguageDocumentation, ...]
     degraded: tuple[str, ...] = ()
     processing_time_ms: float = Field(ge=0)
+    cost: Cost | None = Field(
+        default=None, description="What its AI calls cost, by step (absent: not priced)."
+    )
 
 
 @event
@@ -148,3 +151,6 @@ class InspectionFailed(Event):
     failed_step: str | None = None
     cancelled: bool = False
     processing_time_ms: float = Field(default=0, ge=0)
+    cost: Cost | None = Field(
+        default=None, description="What its AI calls cost, by step (absent: not priced)."
+    )

@@ -44,6 +44,11 @@ class InquiryReceived(Event):
 @event
 class DetectLanguageRequested(Event):
     text: str = Field(min_length=1)
+    cache_only: bool | None = Field(
+        default=None,
+        description="True: answer from the result cache or fail (error class not_cached), "
+        "never call the provider; set when a cost budget refuses the call. None: as usual.",
+    )
 
 
 @event
@@ -55,6 +60,11 @@ class AnalyzeImageRequested(Event):
         "read",
         "quality",
     )
+    cache_only: bool | None = Field(
+        default=None,
+        description="True: answer from the result cache or fail (error class not_cached), "
+        "never call the provider; set when a cost budget refuses the call. None: as usual.",
+    )
 
 
 @event
@@ -62,6 +72,11 @@ class TranslateTextRequested(Event):
     text: str = Field(min_length=1)
     to_language: LanguageCode = Field(pattern=_LANG)
     from_language: LanguageCode | None = Field(default=None, pattern=_LANG)
+    cache_only: bool | None = Field(
+        default=None,
+        description="True: answer from the result cache or fail (error class not_cached), "
+        "never call the provider; set when a cost budget refuses the call. None: as usual.",
+    )
 
 
 class ImageFindings(Value):
@@ -83,6 +98,11 @@ class GenerateResponseRequested(Event):
         description="A model (or deployment) to answer with instead of the responder's own: "
         "set when a cost budget sends the step to a cheaper model. None: the responder's own.",
     )
+    cache_only: bool | None = Field(
+        default=None,
+        description="True: answer from the result cache or fail (error class not_cached), "
+        "never call the provider; set when a cost budget refuses the call. None: as usual.",
+    )
 
 
 @event
@@ -91,6 +111,11 @@ class SynthesizeSpeechRequested(Event):
     language: LanguageCode = Field(pattern=_LANG)
     voice: str | None = None
     style: str | None = None
+    cache_only: bool | None = Field(
+        default=None,
+        description="True: answer from the result cache or fail (error class not_cached), "
+        "never call the provider; set when a cost budget refuses the call. None: as usual.",
+    )
 
 
 # -- results (emitted by the actors) ---------------------------------------------------------
@@ -164,6 +189,12 @@ class SpeechSynthesized(ProviderResult):
     format: str = Field(examples=["wav"])
     duration_seconds: float = Field(ge=0)
     voice: str
+
+
+NOT_CACHED = "not_cached"
+"""The ``error_class`` of a request asked for a cached answer only (``cache_only``) that had
+none: nothing was called; the step takes its fallback. Not a failure of the service, so it
+does not count against the service's circuit breaker."""
 
 
 @event

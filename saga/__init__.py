@@ -8,14 +8,25 @@ from saga.recorder import RECORDER_GROUP, EventRecorder, causal_order
 from saga.sqlite_store import SqliteSagaStore
 from saga.state import SagaState, SagaStatus, StepState, StepStatus
 from saga.store import ConcurrencyError, SagaError, SagaStore, StoreError, Timer
-from saga.workflow import NO_RETRY, Cheaper, SagaView, Step, StepRetry, Workflow
+from saga.workflow import (
+    CACHED_ONLY,
+    NO_RETRY,
+    CachedOnly,
+    Cheaper,
+    SagaView,
+    Step,
+    StepRetry,
+    Workflow,
+)
 
 __all__ = [
+    "CACHED_ONLY",
     "COORDINATOR_GROUP",
     "NO_RETRY",
     "RECORDER_GROUP",
     "BreakerPolicy",
     "BreakerRegistry",
+    "CachedOnly",
     "Cheaper",
     "CircuitBreaker",
     "CircuitState",

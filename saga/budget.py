@@ -1,19 +1,29 @@
 """Cost control in the coordinator: the ledger entry of each provider result it accepts, and
 the budget check before each dispatch (per tenant and day or month, and per request).
 
-The check is made with the spend recorded so far plus an estimate of the step's cost from its
-request (characters times price for translation and speech, tokens ≈ characters / 4 for the
-responder, one transaction or image for vision and image generation), priced as the
+The check is made with the spend recorded so far, plus what the calls in flight are estimated
+to cost (their reservations), plus an estimate of the step's cost from its request
+(characters times price for translation and speech, tokens ≈ characters / 4 for the
+responder, a transaction per visual feature for vision, an image of the size asked for image
+generation), priced as the
 provider named for the service in ``estimate_with`` (no entry: estimated at zero, so only
-the spend so far counts). Over budget, the step degrades as its workflow says: with
-``on_budget=Cheaper(model=…)`` the same request is estimated on the cheaper model and, if that
-fits, sent with that model (the step records ``budget: used … instead of …``, and its result
-is priced at the model that answered); otherwise the step is refused: it takes its fallback
-with the reason ``budget: …`` (or fails the saga if it has none), and a refused call costs
-nothing.
+the spend so far counts). Over budget, the step degrades as its workflow says
+(``Step.on_budget``, tried in order): with ``Cheaper(model=…)`` the same request is estimated
+on the cheaper model and, if that fits, sent with that model (the step records ``budget: used
+… instead of …``, and its result is priced at the model that answered); with ``CACHED_ONLY``
+it is sent asking for a cached answer only (no provider call; a miss fails the step at once
+and it takes its fallback); otherwise the step is refused: it takes its fallback with the
+reason ``budget: …`` (or fails the saga if it has none), and a refused call costs nothing.
 
-Budgets are soft against concurrency: sagas of one tenant running at the same moment each
-see the spend recorded before them, so they can overshoot by the calls in flight.
+Calls in flight count: each dispatch holds its estimate (``StepState.reserved``; for a tenant
+with a budget also a :class:`~saga.store.Reservation` in the store, written in the same save
+as the dispatch) until its result replaces it with the real cost, or it fails, times out or
+is cancelled. So the steps of one saga dispatched together, and the calls of the tenant's
+other sagas still running, are counted before they come back. One coordinator process
+serialises the budget checks of one tenant (a lock per tenant around read, decide and
+save); coordinators in *different* processes read the tenant's spend concurrently, so two
+of them can each admit a call the other's reservation, not yet committed, would have
+refused: the overshoot is bounded by the calls dispatched in those overlapping changes.
 """
 
 from __future__ import annotations
@@ -30,9 +40,9 @@ from events.base import Event
 from events.common import ProviderInfo, Usage
 from events.envelope import Envelope
 from saga.cost import PriceTable, step_costs, total
-from saga.state import SagaState, StepState
-from saga.store import CostEntry, SagaStore
-from saga.workflow import Cheaper
+from saga.state import SagaState, StepState, StepStatus
+from saga.store import CostEntry, Reservation, SagaStore
+from saga.workflow import BudgetDegradation, CachedOnly, Cheaper
 
 
 class TenantBudget(BaseModel):
@@ -46,19 +56,23 @@ class TenantBudget(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Spending:
-    """A tenant's spend in the current periods (only those it has a budget for)."""
+    """A tenant's spend in the current periods (only those it has a budget for), and what
+    its calls in flight are estimated to cost (they count in every period)."""
 
     day: Decimal = Decimal(0)
     month: Decimal = Decimal(0)
+    reserved: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetDecision:
     """What the budget check decided for one dispatch: the request to send (None: refused)
-    and why it was refused, or how it was degraded (None: sent as asked)."""
+    and why it was refused, or how it was degraded (None: sent as asked); ``estimate`` is
+    what the request sent is expected to cost (reserved while it is in flight)."""
 
     request: Event | None
     reason: str | None = None
+    estimate: Decimal = Decimal(0)
 
     @property
     def refused(self) -> bool:
@@ -85,9 +99,17 @@ def estimate_usage(service: str, request: Event, output_tokens: int = 400) -> Us
         message = str(getattr(request, "message", "") or "")
         return Usage(input_tokens=math.ceil(len(message) / 4), output_tokens=output_tokens)
     if service in ("vision", "compliance", "inspection"):
-        return Usage(transactions=1)
+        # a transaction per visual feature asked for (Azure bills them so; see
+        # actors.providers.azure.vision); "quality" is measured locally
+        features = getattr(request, "features", None)
+        billed = [f for f in features if f != "quality"] if isinstance(features, tuple) else []
+        return Usage(transactions=max(len(billed), 1))
     if service == "imagegen":
-        return Usage(images=1)
+        # of the size asked for, at the standard quality (the generator's own setting is
+        # not known here; an HD deployment is underestimated)
+        size = getattr(request, "size", None)
+        return Usage(images=1, image_size=size if isinstance(size, str) else None,
+                     image_quality="standard")
     return Usage()
 
 
@@ -123,7 +145,24 @@ class CostControl:
         month = (
             await store.spent(tenant, month_start) if budget.month is not None else Decimal(0)
         )
-        return Spending(day=day, month=month)
+        return Spending(day=day, month=month, reserved=await store.reserved(tenant, now))
+
+    def reserves_for(self, tenant: str) -> bool:
+        """Whether ``tenant``'s calls in flight are reserved in the store (it has a budget per
+        day or month; the per-request budget needs only the saga's own state)."""
+        budget = self.budget_of(tenant)
+        return budget is not None and (budget.day is not None or budget.month is not None)
+
+    def reservation(
+        self, state: SagaState, step: StepState, now: datetime
+    ) -> Reservation | None:
+        """The store reservation of ``step``'s dispatch just made (None: nothing to hold)."""
+        if not step.reserved or step.request_id is None or not self.reserves_for(state.tenant):
+            return None
+        return Reservation(
+            id=step.request_id, tenant=state.tenant, correlation_id=state.id, step=step.key,
+            amount=step.reserved, at=now, expires_at=step.deadline or now,
+        )
 
     def estimate(
         self, service: str, request: Event, provider: ProviderInfo | None = None
@@ -152,34 +191,45 @@ class CostControl:
         request: Event,
         spending: Spending | None,
         unrecorded: Decimal = Decimal(0),
-        on_budget: Cheaper | None = None,
+        on_budget: BudgetDegradation | tuple[BudgetDegradation, ...] | None = None,
     ) -> BudgetDecision:
-        """Whether ``step`` may send ``request`` now: as it is; on the cheaper model of
-        ``on_budget`` when only that fits (with the reason, for the step); or not at all
+        """Whether ``step`` may send ``request`` now: as it is; degraded by the first of
+        ``on_budget`` that applies and fits (with the reason, for the step); or not at all
         (with the reason). ``unrecorded`` as for :meth:`refusal`."""
         refusal = self.refusal(state, step, request, spending, unrecorded)
         if refusal is None:
-            return BudgetDecision(request)
-        if on_budget is None:
-            return BudgetDecision(None, refusal)
-        if not on_budget.applies_to(request):
+            return BudgetDecision(request, estimate=self.estimate(step.service, request))
+        options = on_budget if isinstance(on_budget, tuple) else (
+            (on_budget,) if on_budget is not None else ())
+        notes: list[str] = []
+        for option in options:
+            if isinstance(option, CachedOnly):
+                if not option.applies_to(request):
+                    notes.append(f"{type(request).__name__} cannot ask for a cached answer")
+                    continue
+                return BudgetDecision(
+                    option.apply(request),
+                    f"asked for a cached answer only (nothing paid): {refusal}",
+                )
+            if not option.applies_to(request):
+                notes.append(f"{type(request).__name__} cannot ask for a cheaper model")
+                continue
+            cheaper = self.cheaper_provider(step.service, option)
+            cheap = self.estimate(step.service, request, cheaper) if cheaper else Decimal(0)
+            if self.refusal(state, step, request, spending, unrecorded,
+                            provider=cheaper) is not None:
+                refusal = f"{refusal}, and about {_money(cheap)} on the cheaper {option.model}"
+                continue
+            usual = self.estimate_with.get(step.service)
+            usual_name = (usual.model or usual.name) if usual is not None else "its usual model"
             return BudgetDecision(
-                None, f"{refusal} ({type(request).__name__} cannot ask for a cheaper model)"
+                option.apply(request),
+                f"used {option.model} instead of {usual_name} (about {_money(cheap)} instead "
+                f"of {_money(self.estimate(step.service, request))} {self.pricing.currency}): "
+                f"{refusal}",
+                cheap,
             )
-        cheaper = self.cheaper_provider(step.service, on_budget)
-        cheap = self.estimate(step.service, request, cheaper) if cheaper else Decimal(0)
-        if self.refusal(state, step, request, spending, unrecorded, provider=cheaper) is not None:
-            return BudgetDecision(
-                None, f"{refusal}, and about {_money(cheap)} on the cheaper {on_budget.model}"
-            )
-        usual = self.estimate_with.get(step.service)
-        usual_name = (usual.model or usual.name) if usual is not None else "its usual model"
-        return BudgetDecision(
-            on_budget.apply(request),
-            f"used {on_budget.model} instead of {usual_name} (about {_money(cheap)} instead of "
-            f"{_money(self.estimate(step.service, request))} {self.pricing.currency}): "
-            f"{refusal}",
-        )
+        return BudgetDecision(None, f"{refusal} ({'; '.join(notes)})" if notes else refusal)
 
     def refusal(
         self,
@@ -191,9 +241,10 @@ class CostControl:
         *,
         provider: ProviderInfo | None = None,
     ) -> str | None:
-        """Why ``step`` may not be dispatched now, or None. ``unrecorded``: what calls
-        accepted in this same change cost (not yet in the ledger). ``provider``: estimate the
-        call on it instead of the service's usual one."""
+        """Why ``step`` may not be dispatched now, or None. ``unrecorded``: what this same
+        change adds to the tenant's spend and reservations read before it (the results it
+        accepted, the calls it dispatched, less the reservations it released). ``provider``:
+        estimate the call on it instead of the service's usual one."""
         estimate = self.estimate(step.service, request, provider)
         currency = self.pricing.currency
         budget = self.budget_of(state.tenant)
@@ -202,36 +253,56 @@ class CostControl:
                                          ("monthly", budget.month, spending.month)):
                 if limit is None:
                     continue
-                spent += unrecorded
-                if spent >= limit or spent + estimate > limit:
-                    return (f"tenant {state.tenant} has spent {_money(spent)} of its {period} "
-                            f"budget of {_money(limit)} {currency}; {step.key} would cost about "
+                held = spending.reserved + unrecorded
+                if spent + held >= limit or spent + held + estimate > limit:
+                    return (f"tenant {state.tenant} has spent {_money(spent + held)}"
+                            f"{_in_flight(spending.reserved)} of its {period} budget of "
+                            f"{_money(limit)} {currency}; {step.key} would cost about "
                             f"{_money(estimate)}")
         if self.request_budget is not None:
             spent = total(step_costs(state, self.pricing).values())
-            if spent >= self.request_budget or spent + estimate > self.request_budget:
-                return (f"this request has cost {_money(spent)} of its budget of "
-                        f"{_money(self.request_budget)} {currency}; {step.key} would cost about "
-                        f"{_money(estimate)}")
+            held = in_flight(state)
+            if (spent + held >= self.request_budget
+                    or spent + held + estimate > self.request_budget):
+                return (f"this request has cost {_money(spent + held)}{_in_flight(held)} of "
+                        f"its budget of {_money(self.request_budget)} {currency}; {step.key} "
+                        f"would cost about {_money(estimate)}")
         return None
 
     def entry(
-        self, state: SagaState, step: StepState, envelope: Envelope, now: datetime
+        self, state: SagaState, step: StepState, envelope: Envelope, now: datetime,
+        request_id: str | None = None,
     ) -> CostEntry | None:
-        """The ledger entry of an accepted provider result (None for an event that is not
-        one: it names no provider)."""
+        """The ledger entry of a provider result (None for an event that is not one: it
+        names no provider); ``request_id``: of the call that produced it (default: the
+        step's current one)."""
         provider = getattr(envelope.data, "provider", None)
         if not isinstance(provider, ProviderInfo):
             return None
         usage = getattr(envelope.data, "usage", None)
         usage = usage if isinstance(usage, Usage) else Usage()
         return CostEntry(
-            id=step.request_id or envelope.id, tenant=state.tenant, workflow=state.workflow,
-            correlation_id=state.id, step=step.key, service=step.service, provider=provider.name,
+            id=request_id or step.request_id or envelope.id, tenant=state.tenant,
+            workflow=state.workflow, correlation_id=state.id, step=step.key,
+            service=step.service, provider=provider.name,
             model=provider.model, usage=usage, cost=self.pricing.cost(provider, usage),
             currency=self.pricing.currency, price_table=self.pricing.version, at=now,
             cached=provider.cached,
+            saved=self.pricing.cost(provider, provider.saved) if provider.saved else Decimal(0),
         )
+
+
+def in_flight(state: SagaState) -> Decimal:
+    """What the saga's calls dispatched and not answered yet are estimated to cost."""
+    return sum(
+        (s.reserved for s in state.steps.values()
+         if s.status is StepStatus.DISPATCHED and s.reserved),
+        Decimal(0),
+    )
+
+
+def _in_flight(held: Decimal) -> str:
+    return f" (about {_money(held)} of it in calls in flight)" if held > 0 else ""
 
 
 def _money(value: Decimal) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from pydantic import Field
@@ -32,13 +33,21 @@ from pydantic import Field
 from bus.base import Transport
 from events.base import Event, event
 from events.envelope import Envelope
-from events.support import StepFailed
+from events.support import NOT_CACHED, StepFailed
 from saga.breaker import BreakerRegistry
 from saga.budget import CostControl, Spending
 from saga.clock import Clock, SystemClock
 from saga.observe import CoordinatorObserver, StepEvent, StepEventKind
-from saga.state import SagaState, SagaStatus, StepError, StepState, StepStatus, StoredEvent
-from saga.store import ConcurrencyError, CostEntry, SagaStore, Timer
+from saga.state import (
+    LateCost,
+    SagaState,
+    SagaStatus,
+    StepError,
+    StepState,
+    StepStatus,
+    StoredEvent,
+)
+from saga.store import ConcurrencyError, CostEntry, Reservation, SagaStore, Timer
 from saga.workflow import SagaView, Workflow
 
 log = structlog.get_logger("saga.coordinator")
@@ -67,6 +76,13 @@ class _Changes:
     ended: bool = False
     ledger: list[CostEntry] = field(default_factory=list)
     """The provider results accepted, for the cost ledger (written by the same save)."""
+    reserve: list[Reservation] = field(default_factory=list)
+    """The estimates of the calls dispatched, held against the tenant's budget."""
+    release: list[str] = field(default_factory=list)
+    """Request ids whose reservations end (their calls failed, timed out, were cancelled or
+    answered)."""
+    released: Decimal = Decimal(0)
+    """What the reservations released here held when the tenant's spend was read."""
     cause: str | None = None
     """The event that caused these changes (their ``causationid``); None for a timer."""
     steps: list[StepEvent] = field(default_factory=list)
@@ -78,10 +94,20 @@ class _Changes:
             reason=reason, saga_id=state.id, tenant=state.tenant, attempt=step.attempts,
         ))
 
-    def emit(self, state: SagaState, event: Event, subject: str | None, now: datetime) -> Envelope:
+    def unrecorded(self) -> Decimal:
+        """What these changes add to the tenant's spend and reservations as read before."""
+        return (sum((e.cost for e in self.ledger), Decimal(0))
+                + sum((r.amount for r in self.reserve), Decimal(0)) - self.released)
+
+    def emit(
+        self, state: SagaState, event: Event, subject: str | None, now: datetime,
+        deadline: datetime | None = None,
+    ) -> Envelope:
         envelope = state.start_envelope().follow(event, source=SOURCE, subject=subject, time=now)
         if self.cause is not None:
             envelope = envelope.model_copy(update={"causationid": self.cause})
+        if deadline is not None:  # a request: its answer is awaited until then
+            envelope = envelope.model_copy(update={"deadline": deadline})
         if state.resumed_from is not None:  # a resumed saga marks everything it emits
             envelope = envelope.model_copy(update={"replayof": state.resumed_from})
         self.outbox.append(envelope)
@@ -123,6 +149,9 @@ class SagaCoordinator:
         self.outbox_interval = outbox_interval
         self.concurrency = concurrency
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
         self._timer_task: asyncio.Task[None] | None = None
@@ -264,29 +293,35 @@ class SagaCoordinator:
                 if state is not None:  # reset with the binding above
                     structlog.contextvars.bind_contextvars(tenant=state.tenant)
                 expected = state.version if state else 0
-                spending = await self._tenant_spending(state.tenant if state else tenant)
-                # no await between setting it and the change: concurrent sagas never see
-                # another's spend
-                self._spending = spending
-                try:
-                    result = change(state)
-                finally:
-                    self._spending = None
-                if result is None:
-                    return
-                new_state, changes = result
-                try:
-                    await self.store.save(
-                        new_state,
-                        expected_version=expected,
-                        outbox=changes.outbox,
-                        timers=changes.timers,
-                        cancel_timers_of=new_state.id if changes.ended else None,
-                        costs=changes.ledger,
-                    )
-                except ConcurrencyError:
-                    log.info("saga changed concurrently; reapplying", saga=saga_id)
-                    continue
+                who = state.tenant if state else tenant
+                # a tenant's budget checks take turns in this process, from reading its spend
+                # to saving what they reserved: a saga never misses another's calls in flight
+                async with self._budget_turn(who):
+                    spending = await self._tenant_spending(who)
+                    # no await between setting it and the change: concurrent sagas never see
+                    # another's spend
+                    self._spending = spending
+                    try:
+                        result = change(state)
+                    finally:
+                        self._spending = None
+                    if result is None:
+                        return
+                    new_state, changes = result
+                    try:
+                        await self.store.save(
+                            new_state,
+                            expected_version=expected,
+                            outbox=changes.outbox,
+                            timers=changes.timers,
+                            cancel_timers_of=new_state.id if changes.ended else None,
+                            costs=changes.ledger,
+                            reserve=changes.reserve,
+                            release=changes.release,
+                        )
+                    except ConcurrencyError:
+                        log.info("saga changed concurrently; reapplying", saga=saga_id)
+                        continue
                 break
             else:
                 raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
@@ -337,20 +372,31 @@ class SagaCoordinator:
         state = existing.model_copy(deep=True)
         step = state.step_by_request(envelope.causationid)
         if step is None or step.status is not StepStatus.DISPATCHED:
+            # too late for its attempt (timed out): not used, but billed if it was paid for
+            stale = _Changes(cause=envelope.id)
+            if self._bill_late(state, envelope, stale):
+                return state, stale
             log.debug("stale or duplicate result ignored", saga=state.id, type=envelope.type)
             return None
         workflow = self.workflows[state.workflow]
         changes = _Changes(cause=envelope.id)
         now = self.clock.now()
+        self._release(state, step, changes, now)
         breaker = self.breakers.get(step.service)
         if isinstance(envelope.data, StepFailed):
             failure = envelope.data
-            breaker.record_failure(now)
-            error = StepError(
-                error_class=failure.error_class, message=failure.message,
-                retryable=failure.retryable,
-            )
-            self._failed(workflow, state, step, error, failure.retry_after, changes)
+            if failure.error_class == NOT_CACHED and step.degradation is not None:
+                # asked for a cached answer only (over budget) and there was none: refused
+                # after all, for the budget's reason; no fault of the service
+                self._give_up(workflow, state, step, f"{step.degradation}; none was cached",
+                              changes)
+            else:
+                breaker.record_failure(now)
+                error = StepError(
+                    error_class=failure.error_class, message=failure.message,
+                    retryable=failure.retryable,
+                )
+                self._failed(workflow, state, step, error, failure.retry_after, changes)
         else:
             breaker.record_success()
             step.status = StepStatus.SUCCEEDED
@@ -367,24 +413,50 @@ class SagaCoordinator:
     def _late_result(
         self, envelope: Envelope, existing: SagaState
     ) -> tuple[SagaState, _Changes] | None:
-        """A step's result after its saga ended: ignored, unless the end cancelled the step
-        and it has a compensation, which undoes the work now (once: the result is kept)."""
-        step = existing.step_by_request(envelope.causationid)
+        """A step's result after its saga ended: billed if it was paid for (the ledger and
+        the saga's ``late_costs``; the terminal event is out already), and, when the end
+        cancelled the step and it has a compensation, undone now (once: the result is
+        kept)."""
+        state = existing.model_copy(deep=True)
+        changes = _Changes(cause=envelope.id)
+        billed = self._bill_late(state, envelope, changes)
+        step = state.step_by_request(envelope.causationid)
         if (step is None or step.status is not StepStatus.CANCELLED or step.result is not None
                 or isinstance(envelope.data, StepFailed)):
-            return None
-        workflow = self.workflows[existing.workflow]
-        definition = workflow.step(step.name)
+            return (state, changes) if billed else None
+        definition = self.workflows[state.workflow].step(step.name)
         if definition.compensate is None:
-            return None
-        state = existing.model_copy(deep=True)
-        step = state.steps[step.key]
+            return (state, changes) if billed else None
         step.result = StoredEvent.of(envelope.data)
-        changes = _Changes(cause=envelope.id)
         request = definition.compensate(SagaView(state, step.item))
         changes.emit(state, request, f"compensate:{step.key}", self.clock.now())
         log.info("late result of a cancelled step compensated", saga=state.id, step=step.key)
         return state, changes
+
+    def _bill_late(self, state: SagaState, envelope: Envelope, changes: _Changes) -> bool:
+        """A provider's result that came too late to be used (its attempt timed out, or the
+        saga ended) was paid for all the same: its ledger entry (once per request id) and
+        the saga's ``late_costs``. False when there is nothing to bill: a failure, the
+        accepted result again, one billed already, or no cost control."""
+        request_id = envelope.causationid
+        if (self.costs is None or request_id is None or isinstance(envelope.data, StepFailed)
+                or request_id in state.late_costs):
+            return False
+        current = state.step_by_request(request_id)
+        if current is not None and current.status is StepStatus.SUCCEEDED:
+            return False  # the result it accepted, delivered again
+        step = current or state.steps.get(envelope.subject or "")
+        if step is None:
+            return False
+        entry = self.costs.entry(state, step, envelope, self.clock.now(), request_id)
+        if entry is None:
+            return False
+        changes.ledger.append(entry)
+        state.late_costs[request_id] = LateCost(
+            step=step.key, cost=entry.cost, after_end=state.status is not SagaStatus.RUNNING
+        )
+        log.info("late result billed", saga=state.id, step=step.key, cost=str(entry.cost))
+        return True
 
     def _on_timer(
         self, timer: Timer, existing: SagaState | None
@@ -398,6 +470,7 @@ class SagaCoordinator:
         workflow = self.workflows[state.workflow]
         changes = _Changes()
         if timer.kind == "deadline" and step.status is StepStatus.DISPATCHED:
+            self._release(state, step, changes, self.clock.now())
             self.breakers.get(step.service).record_failure(self.clock.now())
             changes.note("timeout", state, step, "timeout")
             timeout = workflow.step(step.name).timeout
@@ -520,10 +593,11 @@ class SagaCoordinator:
             return
         request = definition.request(SagaView(state, step.item))
         step.degradation = None  # decided afresh at each dispatch (a retry, a resume)
+        step.reserved = None
         if self.costs is not None:
             decision = self.costs.decide(
-                state, step, request, self._spending,
-                sum((e.cost for e in changes.ledger), Decimal(0)), definition.on_budget,
+                state, step, request, self._spending, changes.unrecorded(),
+                definition.on_budget,
             )
             if decision.request is None:
                 # refused before any call: nothing is paid, and the workflow degrades
@@ -531,18 +605,45 @@ class SagaCoordinator:
                 self._give_up(workflow, state, step, f"budget: {decision.reason}", changes)
                 return
             if decision.reason is not None:
-                # sent degraded (a cheaper model): the step says so, and the saga is degraded
+                # sent degraded (a cheaper model, a cached answer only): the step says so,
+                # and the saga is degraded
                 request = decision.request
                 step.degradation = f"budget: {decision.reason}"
                 log.warning("step degraded", saga=state.id, step=step.key,
                             reason=step.degradation)
-        envelope = changes.emit(state, request, step.key, now)
+            step.reserved = decision.estimate or None
+        deadline = now + timedelta(seconds=definition.timeout)
+        envelope = changes.emit(state, request, step.key, now, deadline)
         step.status = StepStatus.DISPATCHED
         step.attempts += 1
         step.request_id = envelope.id
         step.started_at = step.started_at or now
-        step.deadline = now + timedelta(seconds=definition.timeout)
+        step.deadline = deadline
         changes.timers.append(self._timer(state, step, "deadline", definition.timeout))
+        if self.costs is not None and (held := self.costs.reservation(state, step, now)):
+            changes.reserve.append(held)
+
+    def _release(
+        self, state: SagaState, step: StepState, changes: _Changes, now: datetime
+    ) -> None:
+        """The step's call is over (answered, failed, timed out, cancelled): what it held
+        against the budgets is released (its result's ledger entry, if any, replaces it)."""
+        held, step.reserved = step.reserved, None
+        if (held is None or step.status is not StepStatus.DISPATCHED or self.costs is None
+                or step.request_id is None or not self.costs.reserves_for(state.tenant)):
+            return
+        changes.release.append(step.request_id)
+        if step.deadline is None or step.deadline > now:  # still counted when spend was read
+            changes.released += held
+
+    def _budget_turn(self, tenant: str | None) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The tenant's turn at its budget in this process (no turn without a budget)."""
+        if self.costs is None or tenant is None or not self.costs.reserves_for(tenant):
+            return contextlib.nullcontext()
+        lock = self._tenant_locks.get(tenant)
+        if lock is None:
+            lock = self._tenant_locks[tenant] = asyncio.Lock()
+        return lock
 
     async def _tenant_spending(self, tenant: str | None) -> Spending | None:
         if self.costs is None or tenant is None:
@@ -571,6 +672,7 @@ class SagaCoordinator:
         for other in state.steps.values():
             if other.status in (StepStatus.DISPATCHED, StepStatus.WAITING_RETRY,
                                 StepStatus.PENDING):
+                self._release(state, other, changes, state.finished_at)
                 other.status = StepStatus.CANCELLED
         for other in state.steps.values():
             definition = workflow.step(other.name)

@@ -2,8 +2,9 @@
 
 Prices are per provider and model (or ``*`` for any model of that provider), in the units the
 services bill: 1k input and output tokens, a million characters translated or synthesised, an
-image, 1k image-analysis transactions, an audio second. The local and fake providers cost
-nothing unless a table says otherwise (tests give the fakes prices to check the arithmetic).
+image (by size and quality: ``per_image_by``), 1k image-analysis transactions, an audio second.
+The local and fake providers cost nothing unless a table says otherwise (tests give the fakes
+prices to check the arithmetic).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.common import ProviderInfo, Usage
+from events.support import Cost
 from saga.state import SagaState, StepStatus
 
 
@@ -32,15 +34,38 @@ class Price(BaseModel):
     per_1k_output_tokens: Decimal = Decimal(0)
     per_million_characters: Decimal = Decimal(0)
     per_image: Decimal = Decimal(0)
+    """An image of a size and quality ``per_image_by`` does not list."""
+    per_image_by: dict[str, Decimal] = Field(
+        default_factory=dict,
+        description='Per image by size and quality: "1024x1024/standard", "1792x1024/hd"; '
+        'also "SIZE" (any quality) and "*/QUALITY" (any size). The most specific wins; '
+        "per_image is the price of the rest.",
+    )
     per_1k_transactions: Decimal = Decimal(0)
     per_audio_second: Decimal = Decimal(0)
 
+    def image_price(self, size: str | None, quality: str | None) -> Decimal:
+        """The price of one image of ``size`` at ``quality`` (either may be unknown)."""
+        keys = []
+        if size and quality:
+            keys.append(f"{size}/{quality}")
+        if size:
+            keys.append(size)
+        if quality:
+            keys.append(f"*/{quality}")
+        for key in keys:
+            if key in self.per_image_by:
+                return self.per_image_by[key]
+        return self.per_image
+
     def cost(self, usage: Usage) -> Decimal:
+        images = (self.image_price(usage.image_size, usage.image_quality) * usage.images
+                  if usage.images else Decimal(0))
         return (
             self.per_1k_input_tokens * usage.input_tokens / 1000
             + self.per_1k_output_tokens * usage.output_tokens / 1000
             + self.per_million_characters * usage.characters / 1_000_000
-            + self.per_image * usage.images
+            + images
             + self.per_1k_transactions * usage.transactions / 1000
             + self.per_audio_second * Decimal(str(usage.audio_seconds))
         )
@@ -56,7 +81,12 @@ DEFAULT_PRICES = (
           per_1k_output_tokens=Decimal("0.0006")),
     Price(provider="azure-openai", model="gpt-4o", per_1k_input_tokens=Decimal("0.0025"),
           per_1k_output_tokens=Decimal("0.01")),
-    Price(provider="azure-openai", model="dall-e-3*", per_image=Decimal("0.04")),
+    # DALL-E 3 by size and quality (the square standard image is the default)
+    Price(provider="azure-openai", model="dall-e-3*", per_image=Decimal("0.04"), per_image_by={
+        "1024x1024/standard": Decimal("0.04"), "1024x1792/standard": Decimal("0.08"),
+        "1792x1024/standard": Decimal("0.08"), "1024x1024/hd": Decimal("0.08"),
+        "1024x1792/hd": Decimal("0.12"), "1792x1024/hd": Decimal("0.12"),
+    }),
 )
 
 
@@ -66,7 +96,7 @@ class PriceTable(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    version: str = "2024-10-azure-list"
+    version: str = "2024-12-azure-list"
     currency: str = "USD"
     prices: tuple[Price, ...] = DEFAULT_PRICES
 
@@ -93,15 +123,19 @@ class PriceTable(BaseModel):
 
 
 def step_costs(state: SagaState, table: PriceTable) -> dict[str, Decimal]:
-    """The cost of each step that has a provider's result (a fallback costs nothing)."""
+    """The cost of each step that has a provider's result (a fallback costs nothing), plus
+    what its calls whose answers came too late were billed (before the saga's end)."""
     costs: dict[str, Decimal] = {}
+    for late in state.late_costs.values():
+        if not late.after_end:
+            costs[late.step] = costs.get(late.step, Decimal(0)) + late.cost
     for key, step in state.steps.items():
         if step.status is not StepStatus.SUCCEEDED or step.result is None:
             continue
         data = step.result.data
         if "provider" not in data:
             continue
-        costs[key] = table.cost(
+        costs[key] = costs.get(key, Decimal(0)) + table.cost(
             ProviderInfo.model_validate(data["provider"]), Usage.model_validate(data.get("usage", {}))
         )
     return costs
@@ -109,3 +143,10 @@ def step_costs(state: SagaState, table: PriceTable) -> dict[str, Decimal]:
 
 def total(costs: Iterable[Decimal]) -> Decimal:
     return sum(costs, Decimal(0))
+
+
+def cost_summary(state: SagaState, table: PriceTable) -> Cost:
+    """The saga's cost by step, as its terminal event carries it."""
+    by_step = step_costs(state, table)
+    return Cost(total=total(by_step.values()), currency=table.currency, by_step=by_step,
+                price_table=table.version)

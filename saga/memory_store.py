@@ -18,6 +18,7 @@ from saga.store import (
     CostRow,
     IdempotencyRecord,
     Pruned,
+    Reservation,
     StoreError,
     Timer,
     report,
@@ -45,6 +46,7 @@ class InMemorySagaStore:
         self._cache: dict[str, tuple[bytes, datetime]] = {}
         self._ledger: dict[str, CostEntry] = {}
         self._circuits: dict[str, CircuitRecord] = {}
+        self._reservations: dict[str, Reservation] = {}
 
     async def open(self) -> None:
         return None
@@ -65,6 +67,8 @@ class InMemorySagaStore:
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
         costs: Sequence[CostEntry] = (),
+        reserve: Sequence[Reservation] = (),
+        release: Sequence[str] = (),
     ) -> SagaState:
         current = self._sagas.get(state.id)
         version = SagaState.model_validate_json(current).version if current else 0
@@ -79,6 +83,10 @@ class InMemorySagaStore:
         self._sagas[state.id] = body
         for entry in costs:
             self._ledger.setdefault(entry.id, entry)
+        for rid in (*release, *(e.id for e in costs)):
+            self._reservations.pop(rid, None)
+        for reservation in reserve:
+            self._reservations.setdefault(reservation.id, reservation)
         for eid, raw in encoded:
             self._outbox[eid] = (time.monotonic(), raw)
         if cancel_timers_of is not None:
@@ -166,6 +174,8 @@ class InMemorySagaStore:
                 if r.created_at < before and (tenant is None or r.tenant == tenant)]
         for key in keys:
             del self._idempotency[key]
+        for rid in [r.id for r in self._reservations.values() if r.expires_at < before]:
+            del self._reservations[rid]  # expired long ago: they count for nothing
         return Pruned(events, sagas, results, len(keys))
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
@@ -275,6 +285,14 @@ class InMemorySagaStore:
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         for entry in entries:
             self._ledger.setdefault(entry.id, entry)
+            self._reservations.pop(entry.id, None)
+
+    async def reserved(self, tenant: str, now: datetime) -> Decimal:
+        return sum(
+            (r.amount for r in self._reservations.values()
+             if r.tenant == tenant and r.expires_at > now),
+            Decimal(0),
+        )
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:
         return sum(

@@ -68,6 +68,7 @@ from saga.store import (
     CostRow,
     IdempotencyRecord,
     Pruned,
+    Reservation,
     StoreError,
     Timer,
 )
@@ -167,8 +168,20 @@ CREATE TABLE IF NOT EXISTS {s}.cost_ledger (
     at TIMESTAMPTZ NOT NULL,
     cached BOOLEAN NOT NULL DEFAULT false
 );
+ALTER TABLE {s}.cost_ledger ADD COLUMN IF NOT EXISTS saved NUMERIC NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON {s}.cost_ledger (tenant, at);
 CREATE INDEX IF NOT EXISTS cost_ledger_at ON {s}.cost_ledger (at);
+CREATE TABLE IF NOT EXISTS {s}.cost_reservations (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    amount NUMERIC NOT NULL,
+    at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_reservations_tenant
+    ON {s}.cost_reservations (tenant, expires_at);
 CREATE TABLE IF NOT EXISTS {s}.result_cache (
     key TEXT PRIMARY KEY,
     value BYTEA NOT NULL,
@@ -186,7 +199,7 @@ CREATE TABLE IF NOT EXISTS {s}.circuits (
 
 _LEDGER_COLUMNS = (
     "id, tenant, workflow, correlation_id, step, service, provider, model, usage, cost,"
-    " currency, price_table, at, cached"
+    " currency, price_table, at, cached, saved"
 )
 
 _TIMER_COLUMNS = "id, saga_id, step, kind, due_at, attempt"
@@ -349,6 +362,8 @@ class PostgresSagaStore:
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
         costs: Sequence[CostEntry] = (),
+        reserve: Sequence[Reservation] = (),
+        release: Sequence[str] = (),
     ) -> SagaState:
         saved = state.model_copy(update={"version": expected_version + 1})
         body = saved.model_dump_json()
@@ -368,6 +383,16 @@ class PostgresSagaStore:
                 raise ConcurrencyError(f"saga {state.id} is not at version {expected_version}")
             if costs:
                 await conn.execute(sql.insert_costs, *_ledger_columns(costs))
+            released = [*release, *(e.id for e in costs)]
+            if released:
+                await conn.execute(sql.release_reservations, released)
+            if reserve:
+                await conn.execute(
+                    sql.insert_reservations, [r.id for r in reserve],
+                    [r.tenant for r in reserve], [r.correlation_id for r in reserve],
+                    [r.step for r in reserve], [r.amount for r in reserve],
+                    [r.at for r in reserve], [r.expires_at for r in reserve],
+                )
             if outbox:
                 await conn.execute(
                     sql.insert_outbox,
@@ -555,6 +580,10 @@ class PostgresSagaStore:
                 f"DELETE FROM {s}.idempotency_keys WHERE created_at < $1"
                 " AND ($2::text IS NULL OR tenant = $2)", before, tenant,
             )
+            # reservations expired long ago count for nothing
+            await conn.execute(
+                f"DELETE FROM {s}.cost_reservations WHERE expires_at < $1", before
+            )
         return Pruned(*(int(tag.split()[-1]) for tag in (events, sagas, results, keys)))
 
     async def recorded_result(self, request_id: str) -> Envelope | None:
@@ -618,8 +647,18 @@ class PostgresSagaStore:
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         if not entries:
             return
-        async with self._connection("record_cost") as conn:
+        async with self._connection("record_cost") as conn, conn.transaction():
             await conn.execute(self._sql.insert_costs, *_ledger_columns(entries))
+            await conn.execute(self._sql.release_reservations, [e.id for e in entries])
+
+    async def reserved(self, tenant: str, now: datetime) -> Decimal:
+        s = self._sql.s
+        async with self._connection("reserved") as conn:
+            value = await conn.fetchval(
+                f"SELECT COALESCE(SUM(amount), 0) FROM {s}.cost_reservations"
+                " WHERE tenant = $1 AND expires_at > $2", tenant, now,
+            )
+        return Decimal(value)
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:
         s = self._sql.s
@@ -639,11 +678,11 @@ class PostgresSagaStore:
         async with self._connection("cost_report") as conn:
             rows = await conn.fetch(
                 f"SELECT {key} AS key, count(*) AS calls, count(*) FILTER (WHERE cached)"
-                f" AS cached, SUM(cost) AS cost FROM {s}.cost_ledger WHERE at >= $1"
-                " GROUP BY 1 ORDER BY 4 DESC, 1", since,
+                f" AS cached, SUM(cost) AS cost, SUM(saved) AS saved FROM {s}.cost_ledger"
+                " WHERE at >= $1 GROUP BY 1 ORDER BY 4 DESC, 1", since,
             )
-        return [CostRow(str(r["key"]), int(r["calls"]), int(r["cached"]), Decimal(r["cost"]))
-                for r in rows]
+        return [CostRow(str(r["key"]), int(r["calls"]), int(r["cached"]), Decimal(r["cost"]),
+                        Decimal(r["saved"])) for r in rows]
 
 
 def _ledger_columns(entries: Sequence[CostEntry]) -> tuple[list[Any], ...]:
@@ -655,6 +694,7 @@ def _ledger_columns(entries: Sequence[CostEntry]) -> tuple[list[Any], ...]:
         [e.model for e in entries], [e.usage.model_dump_json() for e in entries],
         [e.cost for e in entries], [e.currency for e in entries],
         [e.price_table for e in entries], [e.at for e in entries], [e.cached for e in entries],
+        [e.saved for e in entries],
     )
 
 
@@ -733,8 +773,18 @@ class _Statements:
             f"INSERT INTO {s}.cost_ledger ({_LEDGER_COLUMNS})"
             " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
             " $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::text[],"
-            " $12::text[], $13::timestamptz[], $14::boolean[])"
+            " $12::text[], $13::timestamptz[], $14::boolean[], $15::numeric[])"
             " ON CONFLICT (id) DO NOTHING"
+        )
+        self.insert_reservations = (
+            f"INSERT INTO {s}.cost_reservations"
+            " (id, tenant, correlation_id, step, amount, at, expires_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+            " $5::numeric[], $6::timestamptz[], $7::timestamptz[])"
+            " ON CONFLICT (id) DO NOTHING"
+        )
+        self.release_reservations = (
+            f"DELETE FROM {s}.cost_reservations WHERE id = ANY($1::text[])"
         )
         self.claim_due_timers = (
             f"WITH picked AS (SELECT id FROM {s}.timers WHERE due_at <= $1"

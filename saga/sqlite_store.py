@@ -24,6 +24,7 @@ from saga.store import (
     CostRow,
     IdempotencyRecord,
     Pruned,
+    Reservation,
     StoreError,
     Timer,
     report,
@@ -109,10 +110,21 @@ CREATE TABLE IF NOT EXISTS cost_ledger (
     currency TEXT NOT NULL,
     price_table TEXT NOT NULL,
     at TEXT NOT NULL,
-    cached INTEGER NOT NULL DEFAULT 0
+    cached INTEGER NOT NULL DEFAULT 0,
+    saved TEXT NOT NULL DEFAULT '0'
 );
 CREATE INDEX IF NOT EXISTS cost_ledger_tenant ON cost_ledger (tenant, at);
 CREATE INDEX IF NOT EXISTS cost_ledger_at ON cost_ledger (at);
+CREATE TABLE IF NOT EXISTS cost_reservations (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_reservations_tenant ON cost_reservations (tenant, expires_at);
 CREATE TABLE IF NOT EXISTS result_cache (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL,
@@ -131,14 +143,21 @@ CREATE TABLE IF NOT EXISTS circuits (
 
 _LEDGER_COLUMNS = (
     "id, tenant, workflow, correlation_id, step, service, provider, model, usage, cost,"
-    " currency, price_table, at, cached"
+    " currency, price_table, at, cached, saved"
 )
 
 # the ledger's unique key is the call's request id (its primary key): a repeat is ignored
 _INSERT_LEDGER = (
     "INSERT INTO cost_ledger (" + _LEDGER_COLUMNS + ")"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
+
+
+_INSERT_RESERVATION = (
+    "INSERT INTO cost_reservations (id, tenant, correlation_id, step, amount, at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+_DELETE_RESERVATION = "DELETE FROM cost_reservations WHERE id = ?"
 
 
 def _ts(value: datetime) -> str:
@@ -154,7 +173,7 @@ def _ledger_rows(entries: Sequence[CostEntry]) -> list[tuple[object, ...]]:
     return [
         (e.id, e.tenant, e.workflow, e.correlation_id, e.step, e.service, e.provider, e.model,
          e.usage.model_dump_json(), str(e.cost), e.currency, e.price_table, _ts(e.at),
-         int(e.cached))
+         int(e.cached), str(e.saved))
         for e in entries
     ]
 
@@ -191,8 +210,10 @@ class SqliteSagaStore:
     @staticmethod
     async def _migrate(db: aiosqlite.Connection) -> None:
         """Columns added since a database file may have been made (SQLite has no ADD COLUMN
-        IF NOT EXISTS). Inbox rows of an older file count as recorded now, so retention
-        removes them one retention period after the upgrade, not at once."""
+        IF NOT EXISTS; ``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it is): the
+        inbox's ``recorded_at`` and ``tenant``, the ledger's ``saved``. Inbox rows of an older
+        file count as recorded now, so retention removes them one retention period after the
+        upgrade, not at once."""
         async with db.execute("PRAGMA table_info(inbox)") as cur:
             columns = {str(row[1]) for row in await cur.fetchall()}
         if "recorded_at" not in columns:
@@ -201,6 +222,10 @@ class SqliteSagaStore:
         if "tenant" not in columns:
             await db.execute("ALTER TABLE inbox ADD COLUMN tenant TEXT")
         await db.execute("CREATE INDEX IF NOT EXISTS inbox_recorded ON inbox (recorded_at)")
+        async with db.execute("PRAGMA table_info(cost_ledger)") as found:
+            ledger = {str(row[1]) for row in await found.fetchall()}
+        if "saved" not in ledger:
+            await db.execute("ALTER TABLE cost_ledger ADD COLUMN saved TEXT NOT NULL DEFAULT '0'")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -227,6 +252,8 @@ class SqliteSagaStore:
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
         costs: Sequence[CostEntry] = (),
+        reserve: Sequence[Reservation] = (),
+        release: Sequence[str] = (),
     ) -> SagaState:
         saved = state.model_copy(update={"version": expected_version + 1})
         body = saved.model_dump_json()
@@ -254,6 +281,14 @@ class SqliteSagaStore:
                     )
                 if costs:
                     await db.executemany(_INSERT_LEDGER, _ledger_rows(costs))
+                released = [*release, *(e.id for e in costs)]
+                if released:
+                    await db.executemany(_DELETE_RESERVATION, [(r,) for r in released])
+                if reserve:
+                    await db.executemany(_INSERT_RESERVATION, [
+                        (r.id, r.tenant, r.correlation_id, r.step, str(r.amount), _ts(r.at),
+                         _ts(r.expires_at)) for r in reserve
+                    ])
                 if outbox:
                     await db.executemany(
                         "INSERT OR IGNORE INTO outbox (event_id, saga_id, body) VALUES (?, ?, ?)",
@@ -372,6 +407,10 @@ class SqliteSagaStore:
             keys = await self.db.execute(
                 f"DELETE FROM idempotency_keys WHERE created_at < ?{where_tenant}",
                 (_ts(before), *extra),
+            )
+            # reservations expired long ago count for nothing
+            await self.db.execute(
+                "DELETE FROM cost_reservations WHERE expires_at < ?", (_ts(before),)
             )
             await self.db.commit()
         return Pruned(events.rowcount, sagas.rowcount, results.rowcount, keys.rowcount)
@@ -559,6 +598,7 @@ class SqliteSagaStore:
         async with self._lock:
             try:
                 await self.db.executemany(_INSERT_LEDGER, _ledger_rows(entries))
+                await self.db.executemany(_DELETE_RESERVATION, [(e.id,) for e in entries])
                 await self.db.commit()
             except BaseException:
                 await self.db.rollback()
@@ -568,6 +608,14 @@ class SqliteSagaStore:
         # costs are exact decimals kept as text; summed here, not as SQLite floats
         async with self.db.execute(
             "SELECT cost FROM cost_ledger WHERE tenant = ? AND at >= ?", (tenant, _ts(since))
+        ) as found:
+            rows = await found.fetchall()
+        return sum((Decimal(str(r[0])) for r in rows), Decimal(0))
+
+    async def reserved(self, tenant: str, now: datetime) -> Decimal:
+        async with self.db.execute(
+            "SELECT amount FROM cost_reservations WHERE tenant = ? AND expires_at > ?",
+            (tenant, _ts(now)),
         ) as found:
             rows = await found.fetchall()
         return sum((Decimal(str(r[0])) for r in rows), Decimal(0))
@@ -584,7 +632,7 @@ class SqliteSagaStore:
                 model=str(r[7]) if r[7] is not None else None,
                 usage=Usage.model_validate_json(str(r[8])), cost=Decimal(str(r[9])),
                 currency=str(r[10]), price_table=str(r[11]), at=_from_ts(str(r[12])),
-                cached=bool(r[13]),
+                cached=bool(r[13]), saved=Decimal(str(r[14])),
             )
             for r in rows
         ]

@@ -4,6 +4,7 @@ concurrency, serialisable as JSON."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -83,9 +84,23 @@ class StepState(BaseModel):
     error: StepError | None = None
     fallback_reason: str | None = None
     degradation: str | None = None
-    """Set when the step was dispatched degraded (on a cheaper model because of a budget):
-    what was done and why, e.g. ``budget: used gpt-4o-mini instead of gpt-4o …``."""
+    """Set when the step was dispatched degraded by a budget (on a cheaper model, or asking
+    for a cached answer only): what was done and why, e.g. ``budget: used gpt-4o-mini
+    instead of gpt-4o …``."""
+    reserved: Decimal | None = None
+    """While dispatched: what the call is estimated to cost, held against the budgets until
+    its result (or failure, timeout, cancellation) comes (None: nothing held)."""
     branches: list[str] = Field(default_factory=list)
+
+
+class LateCost(BaseModel):
+    """A call that was paid for though its answer came too late to be used: after its attempt
+    timed out, or after the saga ended."""
+
+    step: str
+    cost: Decimal
+    after_end: bool = False
+    """It came after the saga's terminal event (which could not count it any more)."""
 
 
 class SagaState(BaseModel):
@@ -109,6 +124,9 @@ class SagaState(BaseModel):
     failure_reason: str | None = None
     resumed_from: str | None = None
     """Set when the saga was resumed: what its later events carry as ``replayof``."""
+    late_costs: dict[str, LateCost] = Field(default_factory=dict)
+    """Calls billed whose results were not used, by request id (each is in the cost ledger;
+    those before the end count in the saga's cost)."""
     version: int = 0
 
     @property

@@ -106,6 +106,26 @@ class CostEntry:
     price_table: str
     at: datetime
     cached: bool = False
+    saved: Decimal = Decimal(0)
+    """A cache hit: what the call it did not make would have cost at list price."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The estimated cost of a call dispatched and not answered yet, held against its tenant's
+    budget so that calls in flight count before their results come back. ``id`` is the
+    request id, as for :class:`CostEntry`: the call's ledger entry replaces its reservation;
+    a step that fails, times out or is cancelled releases it. It counts until ``expires_at``
+    (the step's deadline) at the latest, so a reservation nobody released cannot hold a
+    budget for ever."""
+
+    id: str
+    tenant: str
+    correlation_id: str
+    step: str
+    amount: Decimal
+    at: datetime
+    expires_at: datetime
 
 
 class Pruned(NamedTuple):
@@ -125,13 +145,14 @@ CostGroup = Literal["tenant", "workflow", "service", "day", "provider"]
 
 @dataclass(frozen=True, slots=True)
 class CostRow:
-    """One line of a cost report: the group's key, its calls (cache hits among them) and
-    their total cost."""
+    """One line of a cost report: the group's key, its calls (cache hits among them), their
+    total cost, and what the cache hits saved (the list price of the calls not made)."""
 
     key: str
     calls: int
     cached: int
     cost: Decimal
+    saved: Decimal = Decimal(0)
 
 
 def group_key(entry: CostEntry, by: CostGroup) -> str:
@@ -144,11 +165,12 @@ def group_key(entry: CostEntry, by: CostGroup) -> str:
 
 def report(entries: Sequence[CostEntry], by: CostGroup) -> list[CostRow]:
     """Entries grouped and summed, the most expensive group first (ties by key)."""
-    groups: dict[str, tuple[int, int, Decimal]] = {}
+    groups: dict[str, tuple[int, int, Decimal, Decimal]] = {}
     for e in entries:
-        calls, cached, cost = groups.get(group_key(e, by), (0, 0, Decimal(0)))
-        groups[group_key(e, by)] = (calls + 1, cached + int(e.cached), cost + e.cost)
-    rows = [CostRow(k, c, h, v) for k, (c, h, v) in groups.items()]
+        calls, cached, cost, saved = groups.get(group_key(e, by), (0, 0, Decimal(0), Decimal(0)))
+        groups[group_key(e, by)] = (calls + 1, cached + int(e.cached), cost + e.cost,
+                                    saved + e.saved)
+    rows = [CostRow(k, c, h, v, s) for k, (c, h, v, s) in groups.items()]
     rows.sort(key=lambda r: (-r.cost, r.key))
     return rows
 
@@ -170,14 +192,19 @@ class SagaStore(Protocol):
         timers: Sequence[Timer] = (),
         cancel_timers_of: str | None = None,
         costs: Sequence[CostEntry] = (),
+        reserve: Sequence[Reservation] = (),
+        release: Sequence[str] = (),
     ) -> SagaState:
         """Write ``state`` if its stored version is still ``expected_version`` (0: new saga),
         with its outbox events, new timers and cost-ledger entries, in one transaction.
         ``cancel_timers_of`` removes every timer of that saga first (when it ends). ``costs``
         are the provider results this change accepted: each is added once per id (an id
-        already in the ledger is ignored), and only if the save commits. Returns the state
-        with its new version. Raises :class:`ConcurrencyError` if someone else saved first;
-        a save that fails writes nothing at all."""
+        already in the ledger is ignored), and only if the save commits. ``reserve`` adds the
+        reservations of the calls this change dispatched (an id already reserved is kept as
+        it is); ``release`` removes reservations by id, and so does each entry of ``costs``
+        (the real cost replaces the estimate). Returns the state with its new version. Raises
+        :class:`ConcurrencyError` if someone else saved first; a save that fails writes
+        nothing at all."""
         ...
 
     async def pending_outbox(self, limit: int = 100, min_age: float = 0.0) -> list[Envelope]:
@@ -311,11 +338,17 @@ class SagaStore(Protocol):
 
     async def record_cost(self, entries: Sequence[CostEntry]) -> None:
         """Add provider calls to the ledger on their own; an entry id already there is
-        ignored. (The coordinator records its results with :meth:`save`, atomically.)"""
+        ignored, and each entry replaces the reservation of its id, if any. (The coordinator
+        records the results it accepts with :meth:`save`, atomically.)"""
         ...
 
     async def spent(self, tenant: str, since: datetime) -> Decimal:
         """What ``tenant``'s calls recorded at or after ``since`` cost in total."""
+        ...
+
+    async def reserved(self, tenant: str, now: datetime) -> Decimal:
+        """What ``tenant``'s calls in flight are estimated to cost: the sum of its
+        reservations that have not expired at ``now``."""
         ...
 
     async def cost_report(self, since: datetime, group_by: CostGroup) -> list[CostRow]:

@@ -83,6 +83,34 @@ class Cheaper:
         return request.model_copy(update={"model": self.model})
 
 
+@dataclass(frozen=True, slots=True)
+class CachedOnly:
+    """A budget degradation: answer from the result cache or not at all.
+
+    When the budget refuses a step's call, the coordinator dispatches the request with
+    ``cache_only=True`` (a field of the requests of cacheable services): the actor answers
+    from its result cache (no provider call, nothing paid) or fails at once with a permanent
+    ``not_cached`` error, and the step takes its fallback. Either way the step records the
+    decision (``StepState.degradation``) and the saga counts as degraded. Nothing is
+    reserved against the budget for it: a cached answer costs nothing."""
+
+    def applies_to(self, request: Event) -> bool:
+        """Whether ``request`` can ask for a cached answer only (it has ``cache_only``)."""
+        return "cache_only" in type(request).model_fields
+
+    def apply(self, request: Event) -> Event:
+        """``request`` asking for a cached answer only."""
+        if not self.applies_to(request):
+            raise TypeError(f"{type(request).__name__} has no cache_only field")
+        return request.model_copy(update={"cache_only": True})
+
+
+CACHED_ONLY = CachedOnly()
+
+BudgetDegradation = Cheaper | CachedOnly
+"""What a step may do instead of being refused by a budget."""
+
+
 class SagaView:
     """Read-only access to a saga for step builders, conditions and fallbacks."""
 
@@ -159,8 +187,9 @@ class Step:
     ``max_parallel`` bounds a ``for_each`` step: at most that many of its branches are in
     flight (dispatched or waiting for a retry) at once; the rest wait their turn.
     ``on_budget`` is what the step does when a cost budget refuses its call, before it is
-    refused: :class:`Cheaper` runs it on a cheaper model if that fits (without it, or when
-    that does not fit either, the step takes its fallback with a ``budget: …`` reason).
+    refused: :class:`Cheaper` runs it on a cheaper model if that fits, :class:`CachedOnly`
+    asks for a cached answer only; several are tried in order (without one, or when none
+    applies, the step takes its fallback with a ``budget: …`` reason).
     """
 
     name: str
@@ -175,7 +204,14 @@ class Step:
     required: bool = True
     compensate: RequestBuilder | None = None
     max_parallel: int | None = None
-    on_budget: Cheaper | None = None
+    on_budget: BudgetDegradation | tuple[BudgetDegradation, ...] | None = None
+
+    @property
+    def budget_degradations(self) -> tuple[BudgetDegradation, ...]:
+        """``on_budget`` as a tuple, in the order they are tried."""
+        if self.on_budget is None:
+            return ()
+        return self.on_budget if isinstance(self.on_budget, tuple) else (self.on_budget,)
 
     def __post_init__(self) -> None:
         if not self.name or "[" in self.name:

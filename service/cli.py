@@ -19,7 +19,7 @@ from events.support import InquiryReceived, ResponseReady
 from saga.recorder import causal_order
 from service.logs import configure_logging
 from service.settings import REPO_ROOT, Settings
-from service.timeline import saga_summary, timeline_rows
+from service.timeline import format_cost, saga_cost, saga_summary, timeline_rows
 from service.wiring import (
     ACTOR_ALIASES,
     ALL_SERVICES,
@@ -250,17 +250,19 @@ def timeline(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         return
+    cost = format_cost(summary["cost"])
     out.print(f"[bold]{state.id}[/bold] workflow={state.workflow} status={state.status.value} "
-              f"tenant={state.tenant}")
+              f"tenant={state.tenant}" + (f" cost={cost}" if cost else ""))
     table = Table()
     for name in ("step", "service"):
         table.add_column(name, no_wrap=True)
-    for name in ("start ms", "duration ms", "attempts", "outcome", "provider", "fallback / error"):
+    for name in ("start ms", "duration ms", "attempts", "outcome", "provider", "cost",
+                 "fallback / error"):
         table.add_column(name)
     for row in summary["steps"]:
         table.add_row(row["step"], row["service"], _num(row["start_ms"]),
                       _num(row["duration_ms"]), str(row["attempts"]), row["outcome"],
-                      row["provider"] or "",
+                      row["provider"] or "", row["cost"] or "",
                       row["fallback"] or row["degradation"] or row["error"] or "")
     out.print(table)
     events_table = Table("time", "type", "subject", "source", title="events")
@@ -285,10 +287,11 @@ def list_sagas(
         finally:
             await store.close()
 
-    table = Table("id", "workflow", "status", "started", "degraded")
+    table = Table("id", "workflow", "status", "started", "cost", "degraded")
     for state in _run(load()):
         table.add_row(state.id, state.workflow, state.status.value,
-                      state.started_at.isoformat(timespec="seconds"), ", ".join(state.degraded))
+                      state.started_at.isoformat(timespec="seconds"),
+                      format_cost(saga_cost(state)), ", ".join(state.degraded))
     out.print(table)
 
 

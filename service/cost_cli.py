@@ -52,13 +52,14 @@ async def cost_rows(settings: Settings, since: datetime, by: CostGroup) -> list[
 
 def render(rows: list[CostRow], by: str, currency: str, since: datetime) -> str:
     """A text table, with a total line."""
-    header = (by, "calls", "cached", f"cost ({currency})")
-    body = [(r.key, str(r.calls), str(r.cached), f"{r.cost:f}") for r in rows]
+    header = (by, "calls", "cached", f"cost ({currency})", f"saved by cache ({currency})")
+    body = [(r.key, str(r.calls), str(r.cached), f"{r.cost:f}", f"{r.saved:f}") for r in rows]
     total = sum((r.cost for r in rows), Decimal(0))
+    saved = sum((r.saved for r in rows), Decimal(0))
     footer = ("total", str(sum(r.calls for r in rows)), str(sum(r.cached for r in rows)),
-              f"{total:f}")
+              f"{total:f}", f"{saved:f}")
     table = [header, *body, footer]
-    widths = [max(len(line[i]) for line in table) for i in range(4)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(
@@ -88,9 +89,10 @@ def costs(
         typer.echo(json.dumps({
             "since": start.isoformat(), "by": by, "currency": currency,
             "price_table": settings.pricing.version,
-            "rows": [{"key": r.key, "calls": r.calls, "cached": r.cached, "cost": str(r.cost)}
-                     for r in rows],
+            "rows": [{"key": r.key, "calls": r.calls, "cached": r.cached, "cost": str(r.cost),
+                      "saved": str(r.saved)} for r in rows],
             "total": str(sum((r.cost for r in rows), Decimal(0))),
+            "saved": str(sum((r.saved for r in rows), Decimal(0))),
         }, indent=2))
         return
     typer.echo(render(rows, by, currency, start))

@@ -4,8 +4,9 @@ Meant as a ``cost: CostSettings`` field of :class:`service.settings.Settings`.""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saga.budget import CostControl, TenantBudget
 from saga.cost import PriceTable
@@ -65,12 +66,33 @@ class ThrottleSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="For a language model: tokens (input and output).")
+    characters_per_minute: float | None = Field(
+        default=None, gt=0,
+        description="For a service limited by characters (Translator, Speech): characters.",
+    )
     max_retries: int = Field(default=10, ge=0, description="429s absorbed per call.")
     max_wait: float = Field(default=120.0, ge=0, description="Seconds a call may wait in all.")
     default_retry_after: float = Field(
         default=1.0, ge=0, description="The pause after a 429 that says no Retry-After."
     )
+
+    @model_validator(mode="after")
+    def _one_volume_quota(self) -> ThrottleSettings:
+        if self.tokens_per_minute is not None and self.characters_per_minute is not None:
+            raise ValueError("give tokens_per_minute or characters_per_minute, not both")
+        return self
+
+    @property
+    def unit(self) -> Literal["tokens", "characters"]:
+        """What the volume quota counts."""
+        return "characters" if self.characters_per_minute is not None else "tokens"
+
+    @property
+    def per_minute(self) -> float | None:
+        """The volume quota, in :attr:`unit`."""
+        return self.characters_per_minute or self.tokens_per_minute
 
 
 class CostSettings(BaseModel):
@@ -112,6 +134,14 @@ class CostSettings(BaseModel):
         description='Quota-aware throttling per service ("*": every other one), e.g. '
         '{"translation": {"requests_per_minute": 300, "tokens_per_minute": 100000}}.',
     )
+    throttle_external: bool = Field(
+        default=True,
+        description="Throttle every external provider (an Azure or OpenAI-compatible "
+        "deployment) on its rate-limit headers and 429s alone when no quota is configured for "
+        "its service, so that a 429 pauses the deployment instead of bouncing the request "
+        "through the saga's retries. The local and fake providers are not throttled unless "
+        "configured.",
+    )
     throttle_url: str | None = Field(
         default=None,
         description="redis://… to share the buckets between workers; else AIAPPS_THROTTLE_URL, "
@@ -130,8 +160,14 @@ class CostSettings(BaseModel):
         ref = self.cheaper_models.get(service)
         return Cheaper.parse(ref) if ref else None
 
-    def throttle_of(self, service: str) -> ThrottleSettings | None:
-        return self.throttle.get(service) or self.throttle.get("*")
+    def throttle_of(self, service: str, *, external: bool = False) -> ThrottleSettings | None:
+        """The throttle of ``service``'s provider: the configured one, else (for an
+        ``external`` provider, with ``throttle_external``) one on its headers and 429s alone
+        (no quota), else none."""
+        configured = self.throttle.get(service) or self.throttle.get("*")
+        if configured is None and external and self.throttle_external:
+            return ThrottleSettings()
+        return configured
 
     def control(self, pricing: PriceTable) -> CostControl | None:
         """What the coordinator applies (None when there is no ledger and no budget)."""

@@ -225,10 +225,12 @@ def make_actors(
     def throttle(service: str, made: Any, limits: ThrottleSettings) -> Any:
         import os
 
-        from actors.cache import provider_identity
+        from actors.cache import deployment_identity
 
-        quota = Quota(limits.requests_per_minute, limits.tokens_per_minute)
-        deployment = f"{service}:{provider_identity(made)}"
+        quota = Quota(limits.requests_per_minute, limits.per_minute)
+        # one bucket per deployment called (endpoint, resource, model), shared by every
+        # worker that calls it, whatever their other settings
+        deployment = f"{service}:{deployment_identity(made)}"
         url = (cost.throttle_url or os.environ.get("AIAPPS_THROTTLE_URL")
                or cache_url(cost.cache.url))
         limiter: RateLimiter
@@ -240,13 +242,18 @@ def make_actors(
         return throttled_provider(
             made, limiter, deployment=deployment, max_retries=limits.max_retries,
             max_wait=limits.max_wait, default_retry_after=limits.default_retry_after,
+            unit=limits.unit,
         )
 
     def provider(service: str) -> Any:
         # one provider per capability, shared by the actors that use it (one OCR engine)
         if service not in built:
             made = new_provider(service)
-            quota = cost.throttle_of(service) if configured is not None else None
+            # an adapter that names the deployment it calls is external (Azure, OpenAI
+            # compatible): throttled on what the service says by default
+            external = callable(getattr(made, "deployment_parts", None))
+            quota = (cost.throttle_of(service, external=external) if configured is not None
+                     else None)
             if quota is not None:  # inside the cache: a hit takes no quota
                 made = throttle(service, made, quota)
             ttl = cost.cache.ttl_of(service)
@@ -359,10 +366,11 @@ def make_coordinator(
         ),
         campaign_workflow(
             fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry,
-            budget_service=settings.budget_service,
+            budget_service=settings.budget_service, pricing=settings.pricing,
         ),
         quality_workflow(
-            fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry
+            fanout_limit=settings.fanout_limit, timeouts=settings.step_timeouts, retry=retry,
+            pricing=settings.pricing,
         ),
     ]
     breakers = BreakerRegistry(
@@ -414,6 +422,7 @@ class Service:
             concurrency=self.settings.concurrency,
             inbox=self.store,
             claim_lease=self.settings.claim_lease,
+            clock=clock.now if clock is not None else None,
         )
         self.circuits: StoredCircuits | None = None
         """The coordinator's circuit states, kept in the store for the other processes."""

@@ -130,8 +130,9 @@ def add_workflows(
     retry = StepRetry(max_attempts=settings.step_max_attempts)
     workflows = [
         campaign_workflow(fanout_limit=limit, timeouts=settings.step_timeouts, retry=retry,
-                          budget_service=budget),
-        quality_workflow(fanout_limit=limit, timeouts=settings.step_timeouts, retry=retry),
+                          budget_service=budget, pricing=settings.pricing),
+        quality_workflow(fanout_limit=limit, timeouts=settings.step_timeouts, retry=retry,
+                         pricing=settings.pricing),
         *extra_workflows,
     ]
     old = svc.coordinator
@@ -143,6 +144,7 @@ def add_workflows(
             old.transport, old.store, [*kept, *workflows], clock=old.clock,
             breakers=old.breakers, timer_interval=old.timer_interval,
             outbox_interval=old.outbox_interval, concurrency=old.concurrency,
+            costs=old.costs,  # the ledger and budgets apply to these workflows too
         )
     if with_actors if with_actors is not None else bool(svc.runtime.actors):
         made = creative_actors(svc, imagegen or make_imagegen(settings), analyzer or _analyzer(svc))

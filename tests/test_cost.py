@@ -85,3 +85,44 @@ class TestSagaCost:
         assert done.data.cost is not None
         assert done.data.cost.by_step == {}
         assert done.data.cost.total == 0
+
+
+class TestImagePrices:
+    def test_images_are_priced_by_size_and_quality(self) -> None:
+        """The most specific of size/quality, size, */quality wins; per_image for the rest."""
+        price = Price(provider="p", per_image=Decimal("0.04"), per_image_by={
+            "1024x1792/hd": Decimal("0.12"), "1024x1792": Decimal("0.08"),
+            "*/hd": Decimal("0.09"),
+        })
+
+        def cost(size: str | None, quality: str | None, images: int = 1) -> Decimal:
+            return price.cost(Usage(images=images, image_size=size, image_quality=quality))
+
+        assert cost("1024x1792", "hd", 2) == Decimal("0.24")
+        assert cost("1024x1792", "standard") == Decimal("0.08")
+        assert cost("1024x1024", "hd") == Decimal("0.09")
+        assert cost("1024x1024", "standard") == Decimal("0.04")
+        assert cost(None, None) == Decimal("0.04")
+
+    def test_default_table_prices_dalle_3_by_size_and_quality(self) -> None:
+        """The list prices of DALL-E 3: 0.04 square standard, 0.08 wide or HD, 0.12 both."""
+        table = PriceTable()
+        dalle = ProviderInfo(name="azure-openai", model="dall-e-3")
+
+        def cost(size: str, quality: str) -> Decimal:
+            return table.cost(dalle, Usage(images=1, image_size=size, image_quality=quality))
+
+        assert cost("1024x1024", "standard") == Decimal("0.04")
+        assert cost("1792x1024", "standard") == cost("1024x1024", "hd") == Decimal("0.08")
+        assert cost("1024x1792", "hd") == Decimal("0.12")
+
+    def test_the_image_estimate_is_of_the_size_asked_for(self) -> None:
+        """A wide image request is estimated at the wide price (at standard quality)."""
+        from events.campaign import GenerateImageRequested
+        from saga.budget import CostControl
+
+        control = CostControl(estimate_with={"imagegen": "azure-openai/dall-e-3"})
+        wide = GenerateImageRequested(prompt="a bottle", size="1792x1024")
+        assert control.estimate("imagegen", wide) == Decimal("0.08")
+        square = GenerateImageRequested(prompt="a bottle")
+        assert control.estimate("imagegen", square) == Decimal("0.04")

@@ -424,7 +424,7 @@ async def cluster(pg: Postgres, tmp_path: Path) -> AsyncIterator[Cluster]:
     # enough workers per actor that hanging calls do not starve the others
     runtime = ActorRuntime(
         transport, make_actors(settings, FileBlobStore(settings.blobs), overrides=providers),
-        concurrency=100,
+        concurrency=100, clock=clock.now,  # request deadlines are on the coordinator's clock
     )
     counting = [CountingStore(pg.url, schema=pg.schema) for _ in range(2)]
     pg.stores.extend(counting)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import os
+import time
 import wave
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from actors.capabilities import (
     Translation,
 )
 from actors.errors import PermanentError, ProviderError, ThrottledError, TransientError
+from actors.ratelimit import RateLimitInfo, report
 from events.common import ProviderInfo, Usage
 from events.support import Source, TextLine
 
@@ -35,6 +38,42 @@ FAKE = ProviderInfo(name="fake", model="fake-1")
 class Call:
     capability: str
     args: tuple[object, ...]
+
+
+@dataclass
+class AllowedRate:
+    """A service's own rate limit, as the fakes enforce it: at most ``requests`` calls per
+    ``window`` seconds (fixed windows of ``clock``). A call beyond it is answered 429 with a
+    ``Retry-After`` to the window's end; every answer says what is left until then
+    (``x-ratelimit-remaining-requests`` and ``-reset-requests``, as Azure OpenAI does), through
+    :func:`actors.ratelimit.report` as the real adapters do. ``accepted`` counts the calls let
+    through per window (its index), ``rejected`` the 429s."""
+
+    requests: int
+    window: float
+    clock: Callable[[], float] = time.monotonic
+    accepted: dict[int, int] = field(default_factory=dict)
+    rejected: int = 0
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.window <= 0:
+            raise ValueError("an allowed rate needs requests >= 1 and a positive window")
+
+    def admit(self) -> None:
+        """Let one call through, or raise the service's 429."""
+        now = self.clock()
+        index = math.floor(now / self.window)
+        reset = (index + 1) * self.window - now
+        used = self.accepted.get(index, 0)
+        if used >= self.requests:
+            self.rejected += 1
+            raise ThrottledError(
+                f"fake 429: more than {self.requests} calls in {self.window:g}s",
+                retry_after=reset, provider="fake",
+                rate_limit=RateLimitInfo(remaining_requests=0, reset_requests=reset),
+            )
+        self.accepted[index] = used + 1
+        report(RateLimitInfo(remaining_requests=self.requests - used - 1, reset_requests=reset))
 
 
 @dataclass
@@ -55,6 +94,8 @@ class FakeBehaviour:
     log_path: Path | None = None
     """If set, each call that succeeds appends a JSON line here: the charges, as a paid
     service would bill them, visible across processes."""
+    allowed: AllowedRate | None = None
+    """The service's own rate limit (429s beyond it), checked as each call arrives."""
 
     def fail_next(self, *outcomes: ProviderError | str | None) -> None:
         self.script.extend(outcomes)
@@ -70,6 +111,8 @@ class FakeBehaviour:
         self.calls.append(Call(capability, args))
         if self.crash_file is not None and self.crash_file.exists():
             raise RuntimeError(f"fake {capability} crashed ({self.crash_file} exists)")
+        if self.allowed is not None:
+            self.allowed.admit()
         self._log("start", capability, args)
         if self.latency:
             await asyncio.sleep(self.latency)

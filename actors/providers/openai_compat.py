@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,12 @@ class OpenAIEndpoint:
             max_retry_after=self.connection.max_retry_after,
         )
 
+    def deployment_parts(self) -> dict[str, object]:
+        """Where calls go (the throttle's bucket; part of the cache key); no secret."""
+        c = self.connection
+        return {"kind": c.kind, "url": c.url, "api_version": c.api_version,
+                "model": getattr(self, "model", None)}
+
     def _report_rate_limits(self, headers: Any) -> None:
         """Hand the response's ``x-ratelimit-*`` headers to the throttle around the call."""
         report(parse_rate_limit_headers(headers, cap=self.connection.max_retry_after))
@@ -245,6 +252,17 @@ class OpenAIResponder(OpenAIEndpoint):
         self._max_output_tokens = max_output_tokens
         self._token_limit_param = token_limit_param
         self.provider = ProviderInfo(name=connection.provider_name, model=model)
+
+    def output_parts(self) -> dict[str, object]:
+        """What changes an answer besides the query (part of the cache key): the knowledge
+        base's content, the prompt and the generation options."""
+        return {
+            "knowledge_base": self._kb.fingerprint(),
+            "system_prompt": hashlib.sha256(self.system_prompt.encode()).hexdigest(),
+            "top_k": self._top_k, "min_score": self._min_score,
+            "temperature": self._temperature, "max_output_tokens": self._max_output_tokens,
+            "token_limit_param": self._token_limit_param,
+        }
 
     def __repr__(self) -> str:
         return f"OpenAIResponder({self.connection!r}, model={self.model!r})"
@@ -392,7 +410,8 @@ class OpenAICompatImageGenerator(OpenAIEndpoint):
         name = self.connection.provider_name
         if not prompt.strip():
             raise PermanentError("the image prompt is empty", provider=name)
-        options: dict[str, Any] = {"size": size or self._size, "n": 1}
+        chosen = size or self._size
+        options: dict[str, Any] = {"size": chosen, "n": 1}
         if self._send_response_format:  # DALL-E; gpt-image models always answer base64
             options["response_format"] = "b64_json"
         if self._quality is not None:
@@ -418,7 +437,11 @@ class OpenAICompatImageGenerator(OpenAIEndpoint):
             provider=self.provider,
             revised_prompt=item.revised_prompt,
             usage=Usage(
-                images=1,
+                # the price of an image depends on its size and quality; DALL-E's default
+                # quality is "standard" (gpt-image models are priced by their tokens)
+                images=1, image_size=chosen,
+                image_quality=self._quality or ("standard" if self._send_response_format
+                                                else None),
                 input_tokens=getattr(usage, "input_tokens", 0) or 0,
                 output_tokens=getattr(usage, "output_tokens", 0) or 0,
             ),

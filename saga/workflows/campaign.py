@@ -37,8 +37,9 @@ from events.campaign import (
 from events.common import BlobRef
 from events.support import SpeechSynthesized, TextTranslated, TranslateTextRequested
 from events.support import SynthesizeSpeechRequested as SpeechRequest
+from saga.cost import PriceTable, cost_summary
 from saga.state import StepStatus
-from saga.workflow import RequestBuilder, SagaView, Step, StepRetry, Workflow
+from saga.workflow import CACHED_ONLY, RequestBuilder, SagaView, Step, StepRetry, Workflow
 
 ASSET_STEPS = ("concepts", "visual", "voice")
 """The steps whose results are files in the blob store, deleted by compensation."""
@@ -239,10 +240,13 @@ def campaign_workflow(
     timeouts: dict[str, float] | None = None,
     retry: StepRetry | None = None,
     budget_service: str | None = None,
+    pricing: PriceTable | None = None,
 ) -> Workflow:
     """The campaign workflow. ``fanout_limit`` bounds how many branches of one fanned-out step
     are in flight at once; ``timeouts`` overrides per-step timeouts (seconds) by step name;
-    ``budget_service`` turns the budget hook on (see the module docstring)."""
+    ``budget_service`` turns the budget hook on (see the module docstring); ``pricing``
+    prices each step's usage, the total on the terminal event."""
+    prices = pricing or PriceTable()
     t = {
         "reserve_budget": 15.0, "concepts": 120.0, "translate": 30.0, "visual": 120.0,
         "voice": 60.0, "compliance": 60.0, **(timeouts or {}),
@@ -260,20 +264,21 @@ def campaign_workflow(
             languages=languages, score_threshold=c.score_threshold,
             market_ready=tuple(a.language for a in languages if a.market_ready),
             degraded=v.state.degraded, processing_time_ms=_elapsed_ms(v),
+            cost=cost_summary(v.state, prices),
         )
 
     def fail(v: SagaView, reason: str, step: str | None) -> CampaignFailed:
         return CampaignFailed(
             campaign_id=_campaign(v).campaign_id, reason=reason, failed_step=step,
             assets_removed=produced_assets(v), budget_released=_budget_released(v),
-            processing_time_ms=_elapsed_ms(v),
+            processing_time_ms=_elapsed_ms(v), cost=cost_summary(v.state, prices),
         )
 
     def cancelled(v: SagaView, reason: str, step: str | None) -> CampaignCancelled:
         return CampaignCancelled(
             campaign_id=_campaign(v).campaign_id, reason=reason,
             assets_removed=produced_assets(v), budget_released=_budget_released(v),
-            processing_time_ms=_elapsed_ms(v),
+            processing_time_ms=_elapsed_ms(v), cost=cost_summary(v.state, prices),
         )
 
     steps = (
@@ -285,13 +290,14 @@ def campaign_workflow(
              timeout=t["concepts"], retry=r, compensate=_delete("concepts"), max_parallel=n),
         Step("translate", "translation", _translate, needs=("concepts",), for_each=_to_translate,
              when=lambda v: bool(_to_translate(v)), timeout=t["translate"], retry=r,
-             fallback=_no_result, max_parallel=n),
+             fallback=_no_result, max_parallel=n, on_budget=CACHED_ONLY),
         Step("visual", "imagegen", _visual, needs=("translate",), for_each=_localised,
              when=lambda v: bool(_localised(v)), timeout=t["visual"], retry=r,
              fallback=_no_result, compensate=_delete("visual"), max_parallel=n),
         Step("voice", "speech", _voice, needs=("translate",), for_each=_localised,
              when=lambda v: bool(_localised(v)), timeout=t["voice"], retry=r,
-             fallback=_no_result, compensate=_delete("voice"), max_parallel=n),
+             fallback=_no_result, compensate=_delete("voice"), max_parallel=n,
+             on_budget=CACHED_ONLY),
         Step("compliance", "compliance", _check, needs=("visual",), for_each=_with_visual,
              when=lambda v: bool(_with_visual(v)), timeout=t["compliance"], retry=r,
              fallback=_no_result, max_parallel=n),

@@ -30,7 +30,8 @@ from events.quality import (
 )
 from events.support import SpeechSynthesized, TextTranslated, TranslateTextRequested
 from events.support import SynthesizeSpeechRequested as SpeechRequest
-from saga.workflow import RequestBuilder, SagaView, Step, StepRetry, Workflow
+from saga.cost import PriceTable, cost_summary
+from saga.workflow import CACHED_ONLY, RequestBuilder, SagaView, Step, StepRetry, Workflow
 from saga.workflows.campaign import asset_of, why
 
 INSTRUCTION_COLOURS = ("#C62828", "#FFB300")
@@ -248,9 +249,12 @@ def quality_workflow(
     fanout_limit: int | None = 4,
     timeouts: dict[str, float] | None = None,
     retry: StepRetry | None = None,
+    pricing: PriceTable | None = None,
 ) -> Workflow:
     """The quality-control workflow. ``fanout_limit`` bounds how many branches of one
-    fanned-out step (images, translations, cards, voices) are in flight at once."""
+    fanned-out step (images, translations, cards, voices) are in flight at once; ``pricing``
+    prices each step's usage, the total on the terminal event."""
+    prices = pricing or PriceTable()
     t = {"inspect": 120.0, "translate": 30.0, "card": 60.0, "voice": 60.0, **(timeouts or {})}
     r = retry or StepRetry()
     n = fanout_limit
@@ -263,15 +267,18 @@ def quality_workflow(
             recommendations=report.recommendations, images=report.images,
             documentation=tuple(documentation(v, lang, report) for lang in _languages(v)),
             degraded=v.state.degraded, processing_time_ms=_elapsed_ms(v),
+            cost=cost_summary(v.state, prices),
         )
 
     def fail(v: SagaView, reason: str, step: str | None) -> InspectionFailed:
         return InspectionFailed(inspection_id=_request(v).inspection_id, reason=reason,
-                                failed_step=step, processing_time_ms=_elapsed_ms(v))
+                                failed_step=step, processing_time_ms=_elapsed_ms(v),
+                                cost=cost_summary(v.state, prices))
 
     def cancelled(v: SagaView, reason: str, step: str | None) -> InspectionFailed:
         return InspectionFailed(inspection_id=_request(v).inspection_id, reason=reason,
-                                cancelled=True, processing_time_ms=_elapsed_ms(v))
+                                cancelled=True, processing_time_ms=_elapsed_ms(v),
+                                cost=cost_summary(v.state, prices))
 
     steps = (
         Step("inspect", "inspection", _inspect,
@@ -279,13 +286,13 @@ def quality_workflow(
              timeout=t["inspect"], retry=r, fallback=_no_result, max_parallel=n),
         Step("translate", "translation", _translate, needs=("inspect",), for_each=_translations,
              when=lambda v: bool(_translations(v)), timeout=t["translate"], retry=r,
-             fallback=_no_result, max_parallel=n),
+             fallback=_no_result, max_parallel=n, on_budget=CACHED_ONLY),
         Step("card", "imagegen", _card, needs=("translate",), for_each=_cards,
              when=lambda v: bool(_cards(v)), timeout=t["card"], retry=r, fallback=_no_result,
              compensate=_delete("card"), max_parallel=n),
         Step("voice", "speech", _voice, needs=("translate",), for_each=_voices,
              when=lambda v: bool(_voices(v)), timeout=t["voice"], retry=r, fallback=_no_result,
-             compensate=_delete("voice"), max_parallel=n),
+             compensate=_delete("voice"), max_parallel=n, on_budget=CACHED_ONLY),
     )
     return Workflow("quality", InspectionRequested, steps, complete, fail, cancelled)
 

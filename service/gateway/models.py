@@ -82,9 +82,14 @@ class StepRow(BaseModel):
     attempts: int
     outcome: str
     provider: str | None
+    cost: str | None = Field(
+        default=None, description="What the step's call cost (a decimal, in the saga's "
+        "currency), once the saga has ended; None for a step that called nothing.",
+    )
     fallback: str | None
     degradation: str | None = Field(
-        default=None, description="How the step ran degraded (a cheaper model under a budget)."
+        default=None, description="How the step ran degraded (a cheaper model or a cached "
+        "answer under a budget).",
     )
     error: str | None
 
@@ -101,6 +106,10 @@ class SagaSummary(BaseModel):
     finished_at: str | None
     degraded: list[str]
     failure_reason: str | None
+    cost: dict[str, Any] | None = Field(
+        default=None, description="The cost on the terminal event (total, currency, by_step, "
+        "price_table); None while running.",
+    )
     outcome: dict[str, Any] | None
     steps: list[StepRow]
 

@@ -65,6 +65,8 @@ class ProviderCall:
     one, else the one that answered (a provider of one model); None when none is known."""
     response_model: str | None = None
     """The model the provider reported answering with (None without an answer)."""
+    saved: float = 0.0
+    """A cache hit: what the call not made would have cost (its original usage, priced)."""
 
     @property
     def duration_s(self) -> float:
@@ -155,9 +157,12 @@ def _call(
     )
     usage = getattr(result, "usage", None)
     usage = usage if isinstance(usage, Usage) else None
-    cost = 0.0
+    cost = saved = 0.0
     if pricing is not None and usage is not None and ok:
         cost = float(pricing.cost(ProviderInfo(name=provider, model=model), usage))
+    info = getattr(result, "provider", None)
+    if pricing is not None and isinstance(info, ProviderInfo) and info.saved is not None:
+        saved = float(pricing.cost(info, info.saved))
     return ProviderCall(
         service=handling.actor.service,
         operation=operation_of(envelope.subject) if envelope.subject else envelope.type,
@@ -177,6 +182,7 @@ def _call(
         currency=pricing.currency if pricing is not None else "USD",
         request_model=request_model,
         response_model=response_model,
+        saved=saved,
     )
 
 

@@ -185,6 +185,7 @@ class Instruments:
     saga_cost: Counter
     inbox_replays: Counter
     cache_hits: Counter
+    cache_saved: Counter
     saga_outcomes: Counter
     saga_duration: Histogram
     step_retries: Counter
@@ -247,6 +248,9 @@ class Instruments:
             cache_hits=counter(
                 "ai_apps.cache.hits", "{call}",
                 "Results served by the result cache instead of a provider call."),
+            cache_saved=counter(
+                "ai_apps.cache.saved", "{currency}",
+                "What the result cache's hits saved: the list price of the calls not made."),
             saga_outcomes=counter(
                 "ai_apps.saga.outcomes", "{saga}", "Finished sagas, by workflow and outcome."),
             saga_duration=histogram(
@@ -366,6 +370,8 @@ class OtelPipeline:
         i = self.instruments
         if call.cached:  # nothing was called: a hit, not a provider call
             i.cache_hits.add(1, {"ai_apps.service": call.service})
+            i.cache_saved.add(call.saved, {"ai_apps.service": call.service,
+                                           "ai_apps.currency": call.currency})
             return
         failed = {"error.type": call.error_class} if call.error_class is not None else {}
         i.provider_calls.add(1, {**metric, "ai_apps.outcome": "ok" if call.ok else "error"})

@@ -80,7 +80,7 @@ async def test_vision_live() -> None:
     finally:
         await a.aclose()
     assert "ORD-2024-58317" in found.ocr_text.replace(" ", "")
-    assert found.usage.transactions == 1
+    assert found.usage.transactions == 2  # read and tags
 
 
 async def test_speech_live() -> None:

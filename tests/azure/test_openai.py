@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,8 @@ class TestImages:
         assert image.media_type == "image/png"
         assert image.revised_prompt == "A picture of a coffee machine on a kitchen table"
         assert image.usage.images == 1
+        # priced by size and quality: the deployment's size, DALL-E's default quality
+        assert (image.usage.image_size, image.usage.image_quality) == ("1024x1024", "standard")
         assert image.provider.name == "azure-openai"
         assert image.provider.model == "dall-e-3"
         [req] = fake.received("images")
@@ -243,9 +246,24 @@ class TestImages:
         finally:
             await g.aclose()
         assert image.provider.name == "openai"
+        assert (image.usage.image_size, image.usage.image_quality) == ("512x512", None)
         [req] = fake.received("images")
         assert req.path == "/v1/images/generations"
         assert req.json() == {"prompt": "a label", "model": "gpt-image-1", "n": 1, "size": "512x512"}
+
+    async def test_hd_quality_is_in_the_usage(self, fake: FakeAzure) -> None:
+        """An HD deployment's images say so, and are priced as HD by the default table."""
+        from events.common import ProviderInfo
+        from saga.cost import PriceTable
+
+        g = AzureImageGenerator(fake.url, "dall-e-3", api_key=KEY, size="1792x1024", quality="hd")
+        try:
+            image = await g.generate("a wide label")
+        finally:
+            await g.aclose()
+        assert (image.usage.image_size, image.usage.image_quality) == ("1792x1024", "hd")
+        dalle = ProviderInfo(name="azure-openai", model="dall-e-3")
+        assert PriceTable().cost(dalle, image.usage) == Decimal("0.12")
 
     async def test_content_filter_is_permanent(self, fake: FakeAzure) -> None:
         g = AzureImageGenerator(fake.url, "dall-e-3", api_key=KEY)

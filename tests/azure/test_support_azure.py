@@ -16,6 +16,7 @@ from actors.providers.local.knowledge import KnowledgeBase
 from events import ResponseReady
 from saga import StepStatus
 from service import Service, Settings
+from service.cost_settings import CostSettings
 from service.provider_settings import build_azure_provider
 from service.testing import FakeService, make_inquiry
 from tests.azure.conftest import IMAGES, azure_settings
@@ -99,7 +100,7 @@ async def test_spanish_inquiry_with_photo_and_voice(svc: Service, fake: FakeAzur
         assert result is not None
         assert result.data["provider"]["name"] == provider, step
     usage = {step: state.steps[step].result.data["usage"] for step in expected}  # type: ignore[union-attr]
-    assert usage["analyze_image[0]"]["transactions"] == 1
+    assert usage["analyze_image[0]"]["transactions"] == 3  # caption, tags and read
     assert usage["translate_in"]["characters"] == len(MESSAGE)
     assert usage["respond"]["input_tokens"] > 0
     assert usage["respond"]["output_tokens"] > 0
@@ -141,10 +142,13 @@ async def test_content_filter_takes_the_respond_fallback(svc: Service, fake: Fak
 
 
 class AzureFakeService(FakeService):
-    """FakeService's manual clock and settle(), with Azure adapters as the providers."""
+    """FakeService's manual clock and settle(), with Azure adapters as the providers; the
+    saga's retries are under test, so the actors' default throttle (which absorbs a 429 in
+    the actor) is off unless ``throttled``."""
 
-    def __init__(self, tmp: Path, providers: dict[str, Any]) -> None:
-        super().__init__(tmp, providers=SimpleNamespace(**providers))  # type: ignore[arg-type]
+    def __init__(self, tmp: Path, providers: dict[str, Any], throttled: bool = False) -> None:
+        super().__init__(tmp, providers=SimpleNamespace(**providers),  # type: ignore[arg-type]
+                         cost=CostSettings(throttle_external=throttled))
 
     def _hanging(self) -> int:
         return 0
@@ -176,6 +180,32 @@ async def test_429_is_retried_after_retry_after(clocked: AzureFakeService, fake:
     assert isinstance(done.data, ResponseReady)
     assert done.data.degraded == ()
     assert len(fake.received("chat")) == 2
+
+
+async def test_by_default_a_429_is_absorbed_by_the_actor(
+    tmp_path: Path, providers: dict[str, Any], fake: FakeAzure
+) -> None:
+    """With no quota configured the Azure deployment is still throttled on its 429s: the
+    actor pauses for the Retry-After and calls again itself; the saga never sees the 429."""
+    from actors.throttle import ThrottledProvider
+
+    fake.fail_next("chat", throttle(None, retry_after_ms="200"))
+    try:
+        async with AzureFakeService(tmp_path, providers, throttled=True) as service:
+            responder = next(a for a in service.runtime.actors if a.service == "responder")
+            assert isinstance(responder.provider, ThrottledProvider)
+            await service.submit(make_inquiry("az-429", "My order arrived damaged",
+                                              language="en"))
+            done = await service.wait("az-429", timeout=10)
+            step = (await service.saga("az-429")).steps["respond"]
+    finally:
+        for provider in {id(p): p for p in providers.values()}.values():
+            await provider.aclose()
+    assert isinstance(done.data, ResponseReady)
+    assert step.attempts == 1
+    assert step.error is None
+    assert len(fake.received("chat")) == 2
+    assert responder.provider.stats.throttled == 1
 
 
 async def test_500_is_retried_with_backoff(clocked: AzureFakeService, fake: FakeAzure) -> None:

@@ -38,7 +38,7 @@ class TestSuccess:
         assert found.ocr_text.startswith("PEDIDO ORD-2024-58317\n")
         assert 0.9 <= found.ocr_lines[0].confidence <= 0.95
         assert found.quality is None
-        assert found.usage.transactions == 1
+        assert found.usage.transactions == 4  # one per visual feature ("quality" is ours)
         assert found.provider.model == "image-analysis-2023-10-01"
         [req] = fake.received("analyze")
         assert (req.method, req.path) == ("POST", "/computervision/imageanalysis:analyze")

@@ -24,6 +24,7 @@ from saga.store import (
     ConcurrencyError,
     CostEntry,
     CostRow,
+    Reservation,
     SagaStore,
     StoreError,
     Timer,
@@ -70,6 +71,13 @@ def cost_entry(request_id: str, cost: str, saga_id: str = "s1", step: str = "res
         usage=Usage(input_tokens=10, output_tokens=20), cost=Decimal(cost), currency="USD",
         price_table="t1", at=at,
     )
+
+
+def reservation(request_id: str, amount: str, saga_id: str = "s1", tenant: str = "t1",
+                expires: datetime = T0 + timedelta(minutes=1)) -> Reservation:
+    """The reservation of a call in flight of ``new_state``'s tenant."""
+    return Reservation(id=request_id, tenant=tenant, correlation_id=saga_id, step="respond",
+                       amount=Decimal(amount), at=T0, expires_at=expires)
 
 
 class StoreContract:
@@ -165,6 +173,51 @@ class StoreContract:
                          costs=[cost_entry("r3", "5", saga_id="s2")])
         assert await store.spent("t1", T0) == Decimal("0.875")
         assert await store.cost_report(T0, "tenant") == [CostRow("t1", 3, 0, Decimal("0.875"))]
+
+    async def test_reservations_count_until_replaced_released_or_expired(
+        self, store: SagaStore
+    ) -> None:
+        """A reservation saved with the dispatch counts for its tenant until the call's ledger
+        entry replaces it, a later save releases it, or it expires; saved twice it counts
+        once; other tenants' do not count."""
+        state = await store.save(new_state(), expected_version=0, reserve=[
+            reservation("r1", "0.25"), reservation("r2", "1.5"), reservation("r2", "9"),
+            reservation("r3", "4", tenant="t2"),
+        ])
+        assert await store.reserved("t1", T0) == Decimal("1.75")
+        assert await store.reserved("t2", T0) == Decimal(4)
+        assert await store.spent("t1", T0) == 0  # a reservation is not a cost
+        state = await store.save(state, expected_version=1, costs=[cost_entry("r1", "0.5")])
+        assert await store.reserved("t1", T0) == Decimal("1.5")  # r1 is billed, not reserved
+        assert await store.spent("t1", T0) == Decimal("0.5")
+        state = await store.save(state, expected_version=2, release=["r2", "unknown"],
+                                 reserve=[reservation("r4", "2", expires=T0)])
+        assert await store.reserved("t1", T0 - timedelta(seconds=1)) == Decimal(2)
+        assert await store.reserved("t1", T0) == 0  # r4 expired at its deadline
+        await store.save(state, expected_version=3, reserve=[reservation("r5", "3")])
+        await store.record_cost([cost_entry("r5", "0.125")])
+        assert await store.reserved("t1", T0) == 0
+        assert await store.spent("t1", T0) == Decimal("0.625")
+
+    async def test_a_save_that_loses_the_race_reserves_and_releases_nothing(
+        self, store: SagaStore
+    ) -> None:
+        """Reservations and releases are part of the save's transaction."""
+        await store.save(new_state(), expected_version=0, reserve=[reservation("r1", "1")])
+        with pytest.raises(ConcurrencyError):
+            await store.save(new_state(), expected_version=7, release=["r1"],
+                             reserve=[reservation("r2", "2")])
+        assert await store.reserved("t1", T0) == Decimal(1)
+
+    async def test_cost_report_sums_what_cache_hits_saved(self, store: SagaStore) -> None:
+        """A cache hit's entry costs nothing and carries what it saved; reports sum both."""
+        from dataclasses import replace
+
+        hit = replace(cost_entry("r2", "0"), cached=True, saved=Decimal("0.125"))
+        await store.save(new_state(), expected_version=0, costs=[cost_entry("r1", "0.5"), hit])
+        assert await store.cost_report(T0, "service") == [
+            CostRow("responder", 2, 1, Decimal("0.5"), Decimal("0.125"))
+        ]
 
     async def test_timers_are_due_in_order_and_claimed_once(self, store: SagaStore) -> None:
         """Due timers come back oldest first; claiming one succeeds exactly once."""

@@ -69,9 +69,12 @@ class TestDailyBudget:
         assert "tenant acme has spent" in notice
         assert f"has spent {spent} of its daily budget of 1 USD" in notice
         for key in second.degraded:
+            # each step asked for a cached answer only (the cache is off: none was cached)
             reason = state.steps[key].fallback_reason
             assert reason is not None
-            assert reason.startswith("budget: tenant acme has spent")
+            assert reason.startswith(
+                "budget: asked for a cached answer only (nothing paid): tenant acme has spent")
+            assert reason.endswith("; none was cached")
 
     async def test_other_tenants_and_the_next_day_are_not_limited(self, tmp_path: Path) -> None:
         # enough for the first translation (0.00044) only

@@ -129,13 +129,15 @@ class TestCheaperModel:
             assert svc.fakes.responder.behaviour.calls == []  # nothing was called
         respond = state.steps["respond"]
         assert respond.status is StepStatus.FALLBACK
-        assert respond.degradation is None
-        assert respond.fallback_reason is not None
+        # the last resort, a cached answer only, had none (answers are not cached here)
+        assert respond.degradation is not None
+        assert respond.fallback_reason == f"{respond.degradation}; none was cached"
         assert respond.fallback_reason.startswith(
-            "budget: tenant acme has spent 0.95 of its daily budget of 1 USD; respond would cost "
-            "about 0.754"
+            "budget: asked for a cached answer only (nothing paid): tenant acme has spent 0.95 "
+            "of its daily budget of 1 USD; respond would cost about 0.754"
         )
-        assert respond.fallback_reason.endswith("and about 0.0754 on the cheaper fake-mini")
+        assert respond.fallback_reason.endswith(
+            "and about 0.0754 on the cheaper fake-mini; none was cached")
         assert done.degraded == ("respond",)
         assert done.escalation_required  # the template reply goes to a human
         assert done.cost is not None
@@ -241,8 +243,10 @@ class TestNoFallback:
         assert first.degraded == ("respond",)
         assert isinstance(second, InquiryFailed)
         assert second.failed_step == "respond"
-        assert second.reason.startswith("step respond failed: budget: tenant acme has spent")
-        assert second.reason.endswith("on the cheaper fake-mini")
+        assert second.reason.startswith(
+            "step respond failed: budget: asked for a cached answer only (nothing paid): "
+            "tenant acme has spent")
+        assert second.reason.endswith("on the cheaper fake-mini; none was cached")
         assert second.cost is not None
         assert second.cost.total == 0
 

@@ -52,9 +52,10 @@ def test_costs_by_tenant_in_text(db: Path) -> None:
     result = CliRunner().invoke(app(), ["costs"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[1].split() == ["tenant", "calls", "cached", "cost", "(USD)"]
-    assert lines[2].split() == ["acme", "2", "0", "1.75"]
-    assert lines[-1].split() == ["total", "2", "0", "1.75"]
+    assert lines[1].split() == ["tenant", "calls", "cached", "cost", "(USD)", "saved", "by",
+                                "cache", "(USD)"]
+    assert lines[2].split() == ["acme", "2", "0", "1.75", "0"]
+    assert lines[-1].split() == ["total", "2", "0", "1.75", "0"]
 
 
 def test_costs_by_service_as_json(db: Path) -> None:
@@ -62,8 +63,8 @@ def test_costs_by_service_as_json(db: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["rows"] == [
-        {"key": "speech", "calls": 1, "cached": 0, "cost": "1.5"},
-        {"key": "translation", "calls": 2, "cached": 0, "cost": "0.35"},
+        {"key": "speech", "calls": 1, "cached": 0, "cost": "1.5", "saved": "0"},
+        {"key": "translation", "calls": 2, "cached": 0, "cost": "0.35", "saved": "0"},
     ]
     assert data["total"] == "1.85"
 

@@ -119,9 +119,13 @@ class TestDistributedRun:
                         if e.get("event") == "timer fired"]
                 fired.update(mine)
                 by[name] = len(mine)
-            # per saga: the deadline of each of the two dispatches, and the retry between
-            assert len(fired) == 24 * 3
+            # per saga: the retry between the two dispatches, and the deadline of each
+            # dispatch, unless the worker, bound by the same deadline (the request carries
+            # it), answered 'timeout' first and the deadline was cancelled unfired
             assert set(fired.values()) == {1}, [k for k, n in fired.items() if n > 1]
+            kinds = Counter(kind for _, _, kind, _ in fired)
+            assert kinds["retry"] == 24
+            assert kinds["deadline"] <= 24 * 2
             assert all(n > 0 for n in by.values()), f"one coordinator fired nothing: {by}"
         finally:
             await cluster.close()

@@ -117,6 +117,15 @@ class AzureSpeechSynthesizer:
         self.voices = {**DEFAULT_VOICES, **(voices or {})}
         self._config: Any = None
 
+    def deployment_parts(self) -> dict[str, object]:
+        """Where calls go (the throttle's bucket; part of the cache key); no secret."""
+        return {"region": self.region, "endpoint": self.endpoint}
+
+    def output_parts(self) -> dict[str, object]:
+        """What changes the audio besides its text (part of the cache key): the voice map
+        (a language's voice changed, its cached audio is not served) and the format."""
+        return {"voices": dict(sorted(self.voices.items())), "format": "riff-16khz-16bit-mono"}
+
     def __repr__(self) -> str:
         where = f"region={self.region!r}" if self.region else f"endpoint={self.endpoint!r}"
         return f"AzureSpeechSynthesizer({where}, auth={auth_kind(self._key, self._credential)!r})"

@@ -84,6 +84,15 @@ class AzureTranslator:
         self._detect_sample_chars = detect_sample_chars
         self._client: TextTranslationClient | None = None
 
+    def deployment_parts(self) -> dict[str, object]:
+        """Where calls go (the throttle's bucket; part of the cache key); no secret."""
+        return {"endpoint": self.endpoint, "region": self._region, "resource": self._resource_id}
+
+    def output_parts(self) -> dict[str, object]:
+        """What changes a translation besides its input (part of the cache key)."""
+        return {"api_version": API_VERSION, "detect_target": self._detect_target,
+                "detect_sample_chars": self._detect_sample_chars}
+
     def __repr__(self) -> str:
         return (
             f"AzureTranslator(endpoint={self.endpoint!r}, region={self._region!r}, "

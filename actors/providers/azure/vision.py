@@ -8,8 +8,15 @@ counterpart and is left ``None``; asking only for it makes no call.
 OCR lines come in the service's reading order (blocks, then lines within a block); a line's
 confidence is the mean of its words' confidences.
 
-Usage is one transaction per call. Azure prices some features (caption, read) separately, so a
-cost model may want to weigh the features asked for; they are in the request.
+Usage: one transaction per visual feature asked for (caption, tags, objects, read), not per
+call. Azure's price list for Image Analysis quotes each feature group (tags and objects;
+OCR/read; caption and dense captions) at its own price per 1,000 transactions
+(https://azure.microsoft.com/pricing/details/cognitive-services/computer-vision/, where "all
+features are available in the free tier; they are written out in the S1 tier because they
+are priced differently there", MicrosoftDocs/azure-docs#38106), which only adds up if every
+feature of a call is a transaction of its own; an image analysed for caption, tags and read is
+billed as three. (We found no page that states the rule in so many words; if your invoice
+shows one transaction per call, price ``image-analysis*`` per feature at a third.)
 """
 
 from __future__ import annotations
@@ -103,6 +110,16 @@ class AzureImageAnalyzer:
             )
         return self._client
 
+    def deployment_parts(self) -> dict[str, object]:
+        """Where calls go (the throttle's bucket; part of the cache key); no secret."""
+        return {"endpoint": self.endpoint}
+
+    def output_parts(self) -> dict[str, object]:
+        """What changes an analysis besides the image and features (part of the cache key)."""
+        return {"api_version": API_VERSION, "language": self._language,
+                "gender_neutral_caption": self._gender_neutral,
+                "min_confidence": self._min_confidence}
+
     def _call_options(self) -> dict[str, Any]:
         if self._credential is not None and is_loopback_http(self.endpoint):
             return {"enforce_https": False}
@@ -141,9 +158,11 @@ class AzureImageAnalyzer:
                 gender_neutral_caption=self._gender_neutral if "caption" in features else None,
                 **self._call_options(),
             )
-        return self._to_analysis(result)
+        return self._to_analysis(result, len(asked))
 
-    def _to_analysis(self, result: ImageAnalysisResult) -> ImageAnalysis:
+    def _to_analysis(self, result: ImageAnalysisResult, features: int) -> ImageAnalysis:
+        """The result of a call that asked for ``features`` visual features (each billed as
+        a transaction, see the module docstring)."""
         floor = self._min_confidence
         lines: list[TextLine] = []
         if result.read is not None:
@@ -166,7 +185,7 @@ class AzureImageAnalyzer:
             tags=tags,
             objects=tuple(objects),
             ocr_lines=tuple(lines),
-            usage=Usage(transactions=1),
+            usage=Usage(transactions=features),
         )
 
     async def check(self) -> str:

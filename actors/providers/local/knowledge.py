@@ -19,6 +19,7 @@ instead of silently producing an article without a title.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections.abc import Sequence
@@ -227,6 +228,24 @@ class KnowledgeBase:
     @property
     def embedder(self) -> TextEmbedder:
         return self._embedder
+
+    def fingerprint(self) -> str:
+        """A hash of the articles' files as they are now (names and bytes) and of the
+        embedder, so that a cached answer is not served from an edited knowledge base.
+        Reads the files only (no model); ``"missing"`` when the folder does not exist."""
+        if not self._folder.is_dir():
+            return "missing"
+        digest = hashlib.sha256(type(self._embedder).__qualname__.encode())
+        for path in sorted(self._folder.glob("*.md")):
+            if path.name.lower() == "readme.md":
+                continue
+            digest.update(path.name.encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError:
+                digest.update(b"unreadable")
+            digest.update(b"\0")
+        return digest.hexdigest()
 
     @property
     def articles(self) -> tuple[Article, ...]:

@@ -212,6 +212,11 @@ class LocalResponder:
     def knowledge_base(self) -> KnowledgeBase:
         return self._kb
 
+    def output_parts(self) -> dict[str, object]:
+        """What changes an answer besides the query (part of the cache key): the knowledge
+        base's content and the retrieval depth."""
+        return {"knowledge_base": self._kb.fingerprint(), "top_k": self._top_k}
+
     def load(self) -> None:
         """Load the model and embed the knowledge base now (blocking; seconds)."""
         self._kb.load()
