@@ -86,6 +86,9 @@ class _Changes:
     cause: str | None = None
     """The event that caused these changes (their ``causationid``); None for a timer."""
     steps: list[StepEvent] = field(default_factory=list)
+    outcomes: list[tuple[str, bool, datetime]] = field(default_factory=list)
+    """Each service call's outcome (service, succeeded, when), for its circuit breaker once
+    saved: a change reapplied after a concurrent save must not count a failure twice."""
     """Retries, timeouts and fallbacks decided, for the observers once saved."""
 
     def note(self, kind: StepEventKind, state: SagaState, step: StepState, reason: str) -> None:
@@ -325,6 +328,12 @@ class SagaCoordinator:
                 break
             else:
                 raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
+        for service, succeeded, when in changes.outcomes:
+            breaker = self.breakers.get(service)
+            if succeeded:
+                breaker.record_success()
+            else:
+                breaker.record_failure(when)
         for decided in changes.steps:
             for observer in self._observers:
                 try:
@@ -382,7 +391,6 @@ class SagaCoordinator:
         changes = _Changes(cause=envelope.id)
         now = self.clock.now()
         self._release(state, step, changes, now)
-        breaker = self.breakers.get(step.service)
         if isinstance(envelope.data, StepFailed):
             failure = envelope.data
             if failure.error_class == NOT_CACHED and step.degradation is not None:
@@ -391,14 +399,14 @@ class SagaCoordinator:
                 self._give_up(workflow, state, step, f"{step.degradation}; none was cached",
                               changes)
             else:
-                breaker.record_failure(now)
+                changes.outcomes.append((step.service, False, now))
                 error = StepError(
                     error_class=failure.error_class, message=failure.message,
                     retryable=failure.retryable,
                 )
                 self._failed(workflow, state, step, error, failure.retry_after, changes)
         else:
-            breaker.record_success()
+            changes.outcomes.append((step.service, True, now))
             step.status = StepStatus.SUCCEEDED
             step.result = StoredEvent.of(envelope.data)
             step.finished_at = now
@@ -471,7 +479,7 @@ class SagaCoordinator:
         changes = _Changes()
         if timer.kind == "deadline" and step.status is StepStatus.DISPATCHED:
             self._release(state, step, changes, self.clock.now())
-            self.breakers.get(step.service).record_failure(self.clock.now())
+            changes.outcomes.append((step.service, False, self.clock.now()))
             changes.note("timeout", state, step, "timeout")
             timeout = workflow.step(step.name).timeout
             error = StepError(

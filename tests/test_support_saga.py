@@ -344,3 +344,35 @@ class TestTimerBatch:
         assert await coordinator.fire_due_timers() == 1
         assert [t.id for t in store.timers()] == ["t-broken"]  # "fine" fired and is gone
         assert await store.due_timers(clock.now()) == []  # "broken" is leased, not lost
+
+
+class TestBreakerOutcomesOncePerSave:
+    async def test_a_failure_reapplied_after_a_concurrent_save_counts_once(
+        self, tmp_path: Path
+    ) -> None:
+        """A result whose save meets a concurrent change is applied again; its failure is
+        told to the service's circuit breaker once, after the save that took it."""
+        from saga import InMemorySagaStore
+        from saga.store import ConcurrencyError
+
+        class ConflictOnce(InMemorySagaStore):
+            conflicts = 0
+
+            async def save(self, state, **kwargs):  # type: ignore[no-untyped-def]
+                failed = any(s.error is not None for s in state.steps.values())
+                if failed and not self.conflicts:
+                    self.conflicts += 1
+                    raise ConcurrencyError("another coordinator saved first")
+                return await super().save(state, **kwargs)
+
+        store = ConflictOnce()
+        async with FakeService(
+            tmp_path, store=store, breaker_failure_threshold=10, step_max_attempts=1
+        ) as svc:
+            svc.fakes.responder.behaviour.fail_next(permanent())
+            await svc.submit(make_inquiry(language="en"))
+            done = await svc.wait("inq-1", timeout=5)
+            assert isinstance(done.data, ResponseReady)
+            assert store.conflicts == 1
+            assert svc.coordinator is not None
+            assert svc.coordinator.breakers.get("responder").failures == 1
