@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from events.envelope import Envelope
 from events.support import InquiryReceived, ResponseReady
 from saga.recorder import causal_order
+from service.console import console
 from service.logs import configure_logging
 from service.settings import REPO_ROOT, Settings
 from service.timeline import format_cost, saga_cost, saga_summary, timeline_rows
@@ -39,8 +39,8 @@ app.add_typer(dlq_app, name="dlq")
 providers_app = typer.Typer(help="The AI service providers in use.", no_args_is_help=True)
 app.add_typer(providers_app, name="providers")
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 EXAMPLES = REPO_ROOT / "examples" / "inquiries"
 

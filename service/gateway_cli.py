@@ -16,17 +16,17 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from saga.store import ApiKey, SagaStore
+from service.console import console
 from service.gateway.settings import gateway_settings
 from service.logs import configure_logging
 from service.settings import Settings
 from service.wiring import ConfigurationError, Service, make_store
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 keys_app = typer.Typer(help="API keys of the HTTP gateway, one tenant each.", no_args_is_help=True)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from actors.errors import ProviderError
@@ -30,11 +29,12 @@ from saga.replay import (
 )
 from saga.state import SagaState
 from saga.store import Pruned
+from service.console import console
 from service.settings import Settings
 from service.wiring import Service, make_actors, make_coordinator, make_store, make_transport
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -50,6 +50,7 @@ from saga.state import SagaState, StepStatus
 from saga.workflow import StepRetry, Workflow
 from saga.workflows.campaign import campaign_workflow
 from saga.workflows.quality import quality_workflow
+from service.console import console as make_console
 from service.logs import configure_logging
 from service.settings import REPO_ROOT, Settings
 from service.wiring import ConfigurationError, Service
@@ -244,7 +245,7 @@ async def follow(
 ) -> Envelope:
     """Wait for the saga's terminal event, drawing one progress bar per branch
     (``label → (item, steps)``). Ctrl-C asks for cancellation, then keeps waiting."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -288,8 +289,8 @@ def _draw(progress: Progress, tasks: dict[str, Any], branches: dict[str, tuple[s
 
 # -- the commands --------------------------------------------------------------------------------
 
-out = Console()
-err = Console(stderr=True)
+out = make_console()
+err = make_console(stderr=True)
 app = typer.Typer(help="Campaign and quality-control workflows.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 EXAMPLES = REPO_ROOT / "examples"

@@ -194,3 +194,14 @@ class TestDeadLetterCommands:
             assert "1 of the ids not found" in missed.output
         finally:
             asyncio.run(delete_exchange(url, exchange))
+
+
+class TestConsoleWidth:
+    def test_piped_output_is_not_cut_to_80_columns(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Printed to a pipe (a CI log), tables get 120 columns; COLUMNS still wins."""
+        from service.console import PIPED_WIDTH, console
+
+        monkeypatch.delenv("COLUMNS", raising=False)
+        assert console().width == PIPED_WIDTH == 120
+        monkeypatch.setenv("COLUMNS", "90")
+        assert console().width == 90

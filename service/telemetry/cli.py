@@ -15,17 +15,17 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from service.console import console
 from service.logs import configure_logging, redactor_for
 from service.settings import Settings
 from service.telemetry.health import stored_health
 from service.telemetry.redaction import Redactor
 from service.telemetry.settings import TelemetrySettings
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 _STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
 
 
