@@ -30,12 +30,19 @@ class BreakerPolicy:
 
     failure_threshold: int = 5
     cooldown: float = 30.0
+    trial_timeout: float = 180.0
+    """Seconds a half-open circuit waits for its trial call's outcome. A trial that never
+    reports one (its saga ended first, its request was answered from a cache only, its outcome
+    was lost) would otherwise hold the circuit half-open for good; after this another trial is
+    let through. Longer than any step's timeout, so a trial in progress is never doubled."""
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         if self.cooldown < 0:
             raise ValueError("cooldown must not be negative")
+        if self.trial_timeout <= 0:
+            raise ValueError("trial_timeout must be positive")
 
 
 class CircuitBreaker:
@@ -50,7 +57,8 @@ class CircuitBreaker:
         self.state = CircuitState.CLOSED
         self.failures = 0
         self.opened_at: datetime | None = None
-        self._trial_out = False
+        self._trial_at: datetime | None = None
+        """When the half-open circuit's trial call was let through (None: none is out)."""
         self._on_change = on_change
 
     def restore(self, state: CircuitState, failures: int, opened_at: datetime | None) -> None:
@@ -61,7 +69,7 @@ class CircuitBreaker:
         self.opened_at = opened_at if state is not CircuitState.CLOSED else None
         if self.state is CircuitState.OPEN and self.opened_at is None:
             self.state = CircuitState.CLOSED  # nothing to count the cool-down from
-        self._trial_out = False
+        self._trial_at = None
 
     def allow(self, now: datetime) -> bool:
         """May a call be made now? In half-open state only one trial call is allowed."""
@@ -72,21 +80,28 @@ class CircuitBreaker:
             if now < self.opened_at + timedelta(seconds=self.policy.cooldown):
                 return False
             self._transition(CircuitState.HALF_OPEN)
-        if self._trial_out:
+        if self._trial_at is not None and now < self._trial_at + timedelta(
+            seconds=self.policy.trial_timeout
+        ):
             return False
-        self._trial_out = True
+        self._trial_at = now
         return True
+
+    def release_trial(self) -> None:
+        """The call let through said nothing about the service (it was answered from a cache
+        only, or abandoned): a half-open circuit may let another trial through now."""
+        self._trial_at = None
 
     def record_success(self) -> None:
         self.failures = 0
-        self._trial_out = False
+        self._trial_at = None
         if self.state is not CircuitState.CLOSED:
             self._transition(CircuitState.CLOSED)
             self.opened_at = None
 
     def record_failure(self, now: datetime) -> None:
         self.failures += 1
-        self._trial_out = False
+        self._trial_at = None
         if self.state is CircuitState.HALF_OPEN or (
             self.state is CircuitState.CLOSED and self.failures >= self.policy.failure_threshold
         ):

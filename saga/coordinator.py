@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import Field
@@ -86,8 +86,11 @@ class _Changes:
     cause: str | None = None
     """The event that caused these changes (their ``causationid``); None for a timer."""
     steps: list[StepEvent] = field(default_factory=list)
-    outcomes: list[tuple[str, bool, datetime]] = field(default_factory=list)
-    """Each service call's outcome (service, succeeded, when), for its circuit breaker once
+    trials: list[str] = field(default_factory=list)
+    """Services whose circuit let a call through in this change: handed back when the
+    change is not saved (a concurrent save), so a half-open circuit's trial is not lost."""
+    outcomes: list[tuple[str, _Outcome, datetime]] = field(default_factory=list)
+    """Each service call's outcome (service, outcome, when), for its circuit breaker once
     saved: a change reapplied after a concurrent save must not count a failure twice."""
     """Retries, timeouts and fallbacks decided, for the observers once saved."""
 
@@ -116,6 +119,8 @@ class _Changes:
         self.outbox.append(envelope)
         return envelope
 
+
+_Outcome = Literal["success", "failure", "no verdict"]
 
 _ChangeFn = Callable[[SagaState | None], tuple[SagaState, _Changes] | None]
 
@@ -324,16 +329,20 @@ class SagaCoordinator:
                         )
                     except ConcurrencyError:
                         log.info("saga changed concurrently; reapplying", saga=saga_id)
+                        for service in changes.trials:
+                            self.breakers.get(service).release_trial()
                         continue
                 break
             else:
                 raise ConcurrencyError(f"saga {saga_id}: too many concurrent changes")
-        for service, succeeded, when in changes.outcomes:
+        for service, outcome, when in changes.outcomes:
             breaker = self.breakers.get(service)
-            if succeeded:
+            if outcome == "success":
                 breaker.record_success()
-            else:
+            elif outcome == "failure":
                 breaker.record_failure(when)
+            else:
+                breaker.release_trial()
         for decided in changes.steps:
             for observer in self._observers:
                 try:
@@ -395,18 +404,20 @@ class SagaCoordinator:
             failure = envelope.data
             if failure.error_class == NOT_CACHED and step.degradation is not None:
                 # asked for a cached answer only (over budget) and there was none: refused
-                # after all, for the budget's reason; no fault of the service
+                # after all, for the budget's reason; no fault of the service (nor a sign of
+                # health: a half-open circuit's trial is handed back)
+                changes.outcomes.append((step.service, "no verdict", now))
                 self._give_up(workflow, state, step, f"{step.degradation}; none was cached",
                               changes)
             else:
-                changes.outcomes.append((step.service, False, now))
+                changes.outcomes.append((step.service, "failure", now))
                 error = StepError(
                     error_class=failure.error_class, message=failure.message,
                     retryable=failure.retryable,
                 )
                 self._failed(workflow, state, step, error, failure.retry_after, changes)
         else:
-            changes.outcomes.append((step.service, True, now))
+            changes.outcomes.append((step.service, "success", now))
             step.status = StepStatus.SUCCEEDED
             step.result = StoredEvent.of(envelope.data)
             step.finished_at = now
@@ -479,7 +490,7 @@ class SagaCoordinator:
         changes = _Changes()
         if timer.kind == "deadline" and step.status is StepStatus.DISPATCHED:
             self._release(state, step, changes, self.clock.now())
-            changes.outcomes.append((step.service, False, self.clock.now()))
+            changes.outcomes.append((step.service, "failure", self.clock.now()))
             changes.note("timeout", state, step, "timeout")
             timeout = workflow.step(step.name).timeout
             error = StepError(
@@ -594,11 +605,6 @@ class SagaCoordinator:
     ) -> None:
         definition = workflow.step(step.name)
         now = self.clock.now()
-        if not self.breakers.get(step.service).allow(now):
-            step.started_at = step.started_at or now
-            self._give_up(workflow, state, step, f"circuit_open: {step.service} is unavailable",
-                          changes)
-            return
         request = definition.request(SagaView(state, step.item))
         step.degradation = None  # decided afresh at each dispatch (a retry, a resume)
         step.reserved = None
@@ -620,6 +626,17 @@ class SagaCoordinator:
                 log.warning("step degraded", saga=state.id, step=step.key,
                             reason=step.degradation)
             step.reserved = decision.estimate or None
+        # the circuit guards the service: asked after the budget, so a half-open circuit's one
+        # trial is not used up by a call the budget then refuses; a cached answer only calls
+        # nothing, so it needs no trial (and may answer while the service is down)
+        if getattr(request, "cache_only", None) is not True:
+            if not self.breakers.get(step.service).allow(now):
+                step.started_at = step.started_at or now
+                step.degradation = step.reserved = None
+                self._give_up(workflow, state, step,
+                              f"circuit_open: {step.service} is unavailable", changes)
+                return
+            changes.trials.append(step.service)
         deadline = now + timedelta(seconds=definition.timeout)
         envelope = changes.emit(state, request, step.key, now, deadline)
         step.status = StepStatus.DISPATCHED

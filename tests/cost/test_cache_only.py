@@ -150,3 +150,30 @@ class TestCacheOnlyLookups:
         await leader
         assert shared.provider.cached
         assert len(fake.behaviour.calls) == 1
+
+
+class TestHalfOpenTrialAnsweredFromCacheOnly:
+    async def test_a_not_cached_trial_hands_the_circuit_back(self, tmp_path: Path) -> None:
+        """A half-open circuit's trial that was asked for a cached answer only (over budget)
+        and found none says nothing of the service: the circuit lets the next call through
+        instead of falling back for good."""
+        from datetime import timedelta
+
+        from saga.breaker import CircuitState
+
+        async with FakeService(tmp_path, pricing=PRICES, cost=over_budget_after_one(False)) as svc:
+            await ask(svc, "inq-1")
+            await spend_the_rest(svc)
+            assert svc.coordinator is not None
+            breaker = svc.coordinator.breakers.get("responder")
+            # open long ago: its cool-down has passed, the next call is its trial
+            breaker.restore(CircuitState.OPEN, 5, svc.clock.now() - timedelta(hours=1))
+            await ask(svc, "inq-2")  # over budget: respond asks the cache only, not cached
+            assert (await svc.saga("inq-2")).steps["respond"].degradation is not None
+            calls = len(svc.fakes.responder.behaviour.calls)
+            await svc.submit(make_inquiry("inq-3", message=MESSAGE, language="es"))
+            done = (await svc.wait("inq-3", timeout=10)).data
+            assert isinstance(done, ResponseReady)
+            assert "respond" not in done.degraded  # a tenant within budget gets its answer
+            assert len(svc.fakes.responder.behaviour.calls) == calls + 1
+            assert breaker.state is CircuitState.CLOSED
