@@ -100,6 +100,21 @@ class _Changes:
             reason=reason, saga_id=state.id, tenant=state.tenant, attempt=step.attempts,
         ))
 
+    def withdraw(self, step: StepState) -> bool:
+        """Take back ``step``'s request if this very change dispatched it: it was never sent,
+        so nobody will pay for it, nothing of it is held against a budget, and its deadline
+        will not fire. False if it was dispatched before (it is out there)."""
+        sent = [e for e in self.outbox if e.id == step.request_id]
+        if step.request_id is None or not sent:
+            return False
+        self.outbox = [e for e in self.outbox if e.id != step.request_id]
+        self.reserve = [r for r in self.reserve if r.id != step.request_id]
+        self.timers = [t for t in self.timers
+                       if not (t.step == step.key and t.attempt == step.attempts)]
+        if step.service in self.trials:  # the circuit's trial was not used either
+            self.outcomes.append((step.service, "no verdict", sent[0].time))
+        return True
+
     def unrecorded(self) -> Decimal:
         """What these changes add to the tenant's spend and reservations as read before."""
         return (sum((e.cost for e in self.ledger), Decimal(0))
@@ -697,7 +712,10 @@ class SagaCoordinator:
         for other in state.steps.values():
             if other.status in (StepStatus.DISPATCHED, StepStatus.WAITING_RETRY,
                                 StepStatus.PENDING):
-                self._release(state, other, changes, state.finished_at)
+                if other.status is StepStatus.DISPATCHED and changes.withdraw(other):
+                    other.reserved = None  # dispatched and ended in one change: never sent
+                else:
+                    self._release(state, other, changes, state.finished_at)
                 other.status = StepStatus.CANCELLED
         for other in state.steps.values():
             definition = workflow.step(other.name)

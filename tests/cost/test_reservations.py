@@ -158,3 +158,49 @@ class TestOneTenantTakesTurns:
             await svc.settle()
             assert len(svc.fakes.calls(["vision"])) == 1
             assert await svc.store.reserved("acme", svc.clock.now()) == Decimal("1.5")
+
+
+class TestDispatchedAndEndedInOneChange:
+    async def test_a_request_the_saga_ended_with_is_never_sent_nor_held(self) -> None:
+        """One change dispatches step a (reserving its estimate) and then ends the saga (step
+        b, required, is refused by the budget): a's request is taken back — not published,
+        nothing reserved, no deadline left behind."""
+        from events import InquiryFailed, InquiryReceived, TranslateTextRequested
+        from events.envelope import Envelope
+        from saga import ManualClock, SagaCoordinator
+        from saga.budget import CostControl
+        from saga.replay import RecordingTransport
+        from saga.workflow import SagaView, Step, Workflow
+
+        prices = PriceTable(version="t", prices=(
+            Price(provider="fake", model="fake-1", per_million_characters=Decimal(1_000_000)),
+        ))
+
+        def request(v: SagaView) -> TranslateTextRequested:  # 5 characters, estimated at 5
+            return TranslateTextRequested(text="hello", to_language="de")
+
+        def done(v: SagaView) -> ResponseReady:
+            return ResponseReady(inquiry_id=v.state.id, text="x", language="en", confidence=1,
+                                 escalation_required=False, processing_time_ms=0)
+
+        def fail(v: SagaView, reason: str, step: str | None) -> InquiryFailed:
+            return InquiryFailed(inquiry_id=v.state.id, reason=reason, failed_step=step)
+
+        workflow = Workflow("w", InquiryReceived, (
+            Step("a", "translation", request), Step("b", "translation", request),
+        ), done, fail)
+        clock = ManualClock()
+        store = InMemorySagaStore()
+        transport = RecordingTransport()
+        costs = CostControl(prices, budgets={"acme": TenantBudget(day=Decimal(8))},
+                            estimate_with={"translation": "fake/fake-1"})
+        coordinator = SagaCoordinator(transport, store, [workflow], clock=clock, costs=costs)
+        await coordinator.handle(
+            Envelope.new(make_inquiry("s1"), correlationid="s1", tenant="acme")
+        )
+        state = await store.load("s1")
+        assert state is not None
+        assert state.steps["a"].status is StepStatus.CANCELLED
+        assert [e.type for e in transport.published] == ["InquiryFailed"]
+        assert await store.reserved("acme", clock.now()) == 0
+        assert store.timers() == []
