@@ -215,13 +215,24 @@ class ActorRuntime:
         # one claim per delivery, not per process: two deliveries of one request to the same
         # worker (a redelivery racing the original) must not both call the provider
         owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
-        if self._left(envelope) == 0.0 and (
-            self.inbox is None or await self.inbox.recorded_result(envelope.id) is None
-        ):
-            # its step stopped waiting (the request sat in a queue, or waited for a worker):
-            # the provider is not called, nothing is paid; the failure says why (the
-            # coordinator has timed the attempt out, or is about to, and retries or falls
-            # back as after any timeout)
+        if self.inbox is not None:
+            recorded = await self._claim(envelope, owner)
+            if recorded is not None:
+                # a redelivery (a worker died after the call): answer again, do not pay again
+                log.info("redelivered request answered from the inbox", service=actor.service)
+                handling.replayed, handling.result = True, recorded.data
+                await self.transport.publish(recorded)
+                return
+        # checked once the claim is ours (it may have been waited for, behind another worker's
+        # claim that ran out): a request whose step stopped waiting (it sat in a queue, or
+        # waited for a worker) is not worked on, nothing is paid, and the failure says why (the
+        # coordinator has timed the attempt out, or is about to, and retries or falls back as
+        # after any timeout)
+        if self._left(envelope) == 0.0:
+            if self.inbox is not None:
+                self._claimed_at.pop(owner, None)
+                with contextlib.suppress(Exception):  # give the claim back: nothing was done
+                    await self.inbox.claim_request(envelope.id, owner, 0.0)
             self.expired += 1
             failure = StepFailed(
                 step=envelope.subject, service=actor.service, error_class="expired",
@@ -235,14 +246,6 @@ class ActorRuntime:
                 envelope.follow(failure, source=f"/ai-apps/actors/{actor.service}")
             )
             return
-        if self.inbox is not None:
-            recorded = await self._claim(envelope, owner)
-            if recorded is not None:
-                # a redelivery (a worker died after the call): answer again, do not pay again
-                log.info("redelivered request answered from the inbox", service=actor.service)
-                handling.replayed, handling.result = True, recorded.data
-                await self.transport.publish(recorded)
-                return
         # The provider call and the recording of its result run in a task of their own, not
         # in the delivery: a broker that drops the connection cancels the delivery (aiormq
         # cancels a closed channel's consumer tasks), and a call already made is paid for. The

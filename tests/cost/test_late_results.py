@@ -216,6 +216,23 @@ class TestActorHonoursDeadlines:
         assert [type(a) for a in answers] == [TextTranslated, TextTranslated]
         assert runtime.expired == 0
 
+    async def test_no_call_when_the_deadline_passed_while_waiting_for_a_claim(self) -> None:
+        """Live when delivered, expired while this worker waited for a dead worker's claim
+        to run out: once the claim is taken over the request is answered 'expired', with no
+        provider call, and the claim is given back."""
+        fake = FakeTranslator()
+        inbox = InMemorySagaStore()
+        env = request(datetime.now(UTC) + timedelta(seconds=0.15))
+        assert await inbox.claim_request(env.id, "dead-worker", 0.3)  # its lease runs on
+        async with InMemoryTransport() as transport:
+            runtime = ActorRuntime(transport, [TranslationActor(fake)], inbox=inbox,
+                                   claim_lease=0.4)
+            answers = await run_one(runtime, transport, env)
+        assert fake.behaviour.calls == []
+        assert [getattr(a, "error_class", None) for a in answers] == ["expired"]
+        assert runtime.expired == 1
+        assert await inbox.claim_request(env.id, "another-worker", 1.0)  # given back
+
     async def test_a_call_in_progress_ends_by_the_deadline(self) -> None:
         """A provider that never answers is given up at the deadline, not call_timeout."""
         actor = Hanging()
