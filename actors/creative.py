@@ -31,7 +31,6 @@ from events.campaign import (
     GenerateImageRequested,
     ImageGenerated,
 )
-from events.common import ProviderInfo
 from events.quality import Defect, ImageInspected, InspectImageRequested, InspectionCheck
 
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -152,8 +151,11 @@ class BrandComplianceActor(Actor):
             return BrandComplianceChecked(
                 image=request.image, score=found.score, checks=found.checks, issues=found.issues,
                 ocr_text=read.ocr_text, dominant_colours=found.dominant_colours,
-                provider=ProviderInfo(name=read.provider.name,
-                                      model=f"{read.provider.model or 'ocr'}+palette"),
+                # the analysis' provider info as it came (cached, what a hit saved), with
+                # the model naming what judged it
+                provider=read.provider.model_copy(
+                    update={"model": f"{read.provider.model or 'ocr'}+palette"}
+                ),
                 usage=read.usage,
             )
 
@@ -205,8 +207,9 @@ class InspectionActor(Actor):
                 defects=tuple(defects), checks=tuple(checks), label_text=analysis.ocr_text,
                 quality_score=min((c.score for c in checks), default=0.0),
                 passed=bool(checks) and all(c.passed for c in checks), notes=tuple(notes),
-                provider=ProviderInfo(name=analysis.provider.name,
-                                      model=f"{analysis.provider.model or 'vision'}+diff"),
+                provider=analysis.provider.model_copy(
+                    update={"model": f"{analysis.provider.model or 'vision'}+diff"}
+                ),
                 usage=analysis.usage,
             )
 
