@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 
 import structlog
 
@@ -58,7 +59,10 @@ class StoredCircuits:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop (a synchronous caller): flush() writes it
                 return
-            self._writer = loop.create_task(self._write(), name="circuit-states")
+            # a context of its own: not the log context of the saga whose change woke it
+            self._writer = loop.create_task(
+                self._write(), name="circuit-states", context=contextvars.Context()
+            )
 
     async def _write(self) -> None:
         while self._pending:

@@ -128,7 +128,8 @@ def provider_calls(
             for replay in on_replay:
                 replay(handling.actor.service)
             return
-        if handling.started_ns:
+        if handling.started_ns and handling.result is not None:
+            # (no result: its claim was lost and the call cut short; the new holder reports)
             emit(_call(envelope, handling, None, pricing))
 
     return observe

@@ -687,3 +687,40 @@ class TestPropagators:
         assert traceparent == headers["traceparent"]
         assert carried == "helpdesk.queue=billing"
         assert incoming(headers, otel=False) == (headers["traceparent"], None, None)
+
+
+class TestLostClaimIsNotReported:
+    async def test_a_call_abandoned_for_a_lost_claim_is_not_a_provider_call(self) -> None:
+        """A call cut short because another worker took its claim over says nothing of the
+        provider: it is not reported (the worker that took over reports its own call)."""
+        from actors.providers.fake import FakeTranslator
+        from actors.runtime import ActorRuntime
+        from actors.services import TranslationActor
+        from bus.memory import InMemoryTransport
+        from events import Envelope
+        from events.support import TranslateTextRequested
+        from saga.memory_store import InMemorySagaStore
+        from service.telemetry.middleware import provider_calls
+
+        class StolenClaim(InMemorySagaStore):
+            asked = 0
+
+            async def claim_request(self, request_id: str, owner: str, lease: float) -> bool:
+                self.asked += 1
+                return self.asked == 1  # held at first; the renewal finds it taken over
+
+        calls: list[ProviderCall] = []
+        fake = FakeTranslator()
+        fake.behaviour.latency = 1.0
+        transport = InMemoryTransport()
+        runtime = ActorRuntime(transport, [TranslationActor(fake)], inbox=StolenClaim(),
+                               claim_lease=0.3, middleware=(provider_calls([calls.append]),))
+        async with transport:
+            await runtime.start()
+            await transport.publish(Envelope.new(
+                TranslateTextRequested(text="hola", to_language="en", from_language="es"),
+                correlationid="c1",
+            ))
+            await transport.idle(5)
+        assert runtime.claims_lost == 1
+        assert calls == []
