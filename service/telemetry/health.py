@@ -193,9 +193,10 @@ def store_health(
     """The health report over stored sagas: every attempt of every finished step counts as a
     call of its service (operation: the step). A step's duration (first dispatch to outcome,
     retries included) is its last attempt's; earlier attempts have none. The circuit of a
-    service is the one ``circuits`` keeps (what the coordinators wrote to the store); for a
-    service with none kept it is inferred: ``open`` when its latest step was refused by an
-    open circuit, else ``closed``. Error messages pass through ``redactor``."""
+    service is the one ``circuits`` keeps (what the coordinators wrote to the store) unless a
+    step of the service finished after it was written; otherwise, and for a service with none
+    kept, it is inferred: ``open`` when its latest step was refused by an open circuit, else
+    ``closed``. Error messages pass through ``redactor``."""
     recorder = HealthRecorder(thresholds, source="store")
     scrub = redactor or Redactor()
     steps: list[tuple[datetime, SagaState, StepState]] = []
@@ -206,13 +207,19 @@ def store_health(
                 steps.append((step.finished_at, state, step))
     steps.sort(key=lambda item: item[0])
     inferred: dict[str, str] = {}
+    latest: dict[str, datetime] = {}
     for finished, state, step in steps:
         refused = (step.fallback_reason or "").startswith(CIRCUIT_OPEN)
         inferred[step.service] = "open" if refused else "closed"
+        latest[step.service] = finished
         if step.attempts == 0:
             continue  # refused by the circuit: no call was made
         _record_step(recorder, state, step, finished, scrub)
-    kept = {c.service: c.state for c in circuits}
+    # a kept state holds until a later step says otherwise: a coordinator that opened a
+    # circuit and went away (scaled down) leaves "open" in the store while the others go on
+    # calling the service; their later steps are the newer word
+    kept = {c.service: c.state for c in circuits
+            if c.service not in latest or c.changed_at >= latest[c.service]}
     return recorder.report({**inferred, **kept}, now=now)
 
 

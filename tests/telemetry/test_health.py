@@ -258,6 +258,29 @@ class TestStoredCircuits:
             assert again.fakes.responder.behaviour.calls == []
 
 
+    async def test_a_later_step_outranks_a_stale_stored_circuit(self, tmp_path: Path) -> None:
+        """A coordinator that opened a circuit and went away leaves "open" in the store; the
+        steps other coordinators finished since are the newer word."""
+        from datetime import timedelta
+
+        from saga.store import CircuitRecord
+        from service.telemetry.health import store_health
+
+        async with fake(tmp_path) as svc:
+            await ask(svc, "ok")
+            sagas = [await svc.saga("ok")]
+            now = svc.clock.now()
+
+        def opened(at: datetime) -> CircuitRecord:
+            return CircuitRecord(service="responder", state="open", failures=5, changed_at=at,
+                                 opened_at=at)
+
+        stale = store_health(sagas, circuits=[opened(now - timedelta(hours=1))], now=now)
+        assert stale["services"]["responder"]["circuit"] == "closed"
+        fresh = store_health(sagas, circuits=[opened(now + timedelta(seconds=1))], now=now)
+        assert fresh["services"]["responder"]["circuit"] == "open"
+
+
 class TestGatewayReport:
     async def test_on_a_broker_the_gateway_serves_the_stores_report(self, tmp_path: Path) -> None:
         """A gateway without coordinator or actors (its deployment's figures are elsewhere)
