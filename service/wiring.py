@@ -58,6 +58,8 @@ FINISHED_KEPT = 10_000
 STORE_POLL_FIRST = 1.0
 STORE_POLL_MAX = 5.0
 """Seconds between looks in the event store while waiting for an answer (doubling)."""
+HEALTH_REPORT_TTL = 5.0
+"""Seconds a health report built from the store is served again (the gateway on a broker)."""
 TERMINAL_TYPES = tuple(t.event_type for t in (
     ResponseReady, InquiryFailed, CampaignReady, CampaignFailed, CampaignCancelled,
     InspectionReported, InspectionFailed,
@@ -436,6 +438,8 @@ class Service:
         # terminal events seen, for a wait() that comes after the answer; bounded, as a
         # long-running gateway sees every answer of the deployment
         self._finished: OrderedDict[str, Envelope] = OrderedDict()
+        self._health_lock = asyncio.Lock()
+        self._health_report: tuple[float, dict[str, Any]] | None = None
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -514,9 +518,16 @@ class Service:
             return self.telemetry.health()
         from service.telemetry import stored_health
 
-        return await stored_health(
-            self.store, self.telemetry.settings.health, redactor=self.telemetry.redactor
-        )
+        # built from hundreds of stored sagas (tens of ms of the event loop): at most once per
+        # HEALTH_REPORT_TTL seconds, however many probes and dashboards ask, one build at a time
+        async with self._health_lock:
+            now = time.monotonic()
+            if self._health_report is None or now - self._health_report[0] >= HEALTH_REPORT_TTL:
+                report = await stored_health(
+                    self.store, self.telemetry.settings.health, redactor=self.telemetry.redactor
+                )
+                self._health_report = (time.monotonic(), report)
+            return self._health_report[1]
 
     async def submit(
         self, inquiry: InquiryReceived, *, tenant: str = "default",

@@ -318,3 +318,39 @@ class TestGatewayReport:
             report = json.dumps(await stored_health(svc.store, redactor=Redactor([key])))
         assert key not in report
         assert "503 for key [REDACTED]" in report
+
+    async def test_the_stores_report_is_built_once_per_interval(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Probes and dashboards asking at once share one report from the store, rebuilt
+        after HEALTH_REPORT_TTL seconds (it reads hundreds of sagas)."""
+        import asyncio
+
+        from service import wiring
+        from service.testing import fake_settings
+        from service.wiring import Service
+
+        db = tmp_path / "s.db"
+        async with fake(tmp_path, store=SqliteSagaStore(db)) as svc:
+            await ask(svc, "a0")
+        reads = 0
+        client_only = Service(fake_settings(tmp_path, store=f"sqlite:///{db}"),
+                              coordinator=False, actors=[])
+        await client_only.store.open()
+        list_sagas = client_only.store.list_sagas
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            nonlocal reads
+            reads += 1
+            return await list_sagas(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(client_only.store, "list_sagas", counted)
+        try:
+            reports = await asyncio.gather(*(client_only.health() for _ in range(10)))
+            assert reads == 1
+            assert all(r is reports[0] for r in reports)
+            monkeypatch.setattr(wiring, "HEALTH_REPORT_TTL", 0.0)
+            await client_only.health()
+            assert reads == 2
+        finally:
+            await client_only.store.close()
