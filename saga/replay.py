@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from bus.base import DeadLetter, Handler
@@ -24,13 +25,14 @@ from events.base import Event
 from events.envelope import Envelope
 from events.support import ProviderResult, StepFailed
 from saga.breaker import BreakerPolicy, BreakerRegistry
+from saga.budget import BudgetDecision, CostControl, Spending
 from saga.clock import ManualClock
 from saga.coordinator import SOURCE as COORDINATOR_SOURCE
 from saga.coordinator import SagaCoordinator, _Changes
 from saga.memory_store import InMemorySagaStore
 from saga.state import SagaState, SagaStatus, StepState, StepStatus
 from saga.store import SagaError
-from saga.workflow import Workflow
+from saga.workflow import BudgetDegradation, Workflow
 
 REPLAY_SOURCE = "/ai-apps/replay"
 TERMINAL_FIELDS_IGNORED = {"processing_time_ms"}
@@ -167,6 +169,48 @@ class _Recording:
             reqs.sort(key=lambda e: e.time)
 
 
+BUDGET = "budget: "
+"""The prefix of a step's ``degradation`` and ``fallback_reason`` that the budget decided."""
+
+
+class RecordedDecisions(CostControl):
+    """The original run's budget decisions, taken again. A replay has no tenant spend to
+    decide on (it is not the spend of then), so each dispatch is decided as it was: refused
+    where the original step fell back on the budget before that attempt, sent as the recorded
+    request where the budget degraded it (a cheaper model, a cached answer only), else as
+    asked. Nothing is reserved or billed: a replay spends nothing."""
+
+    def __init__(self, original: SagaState, recording: _Recording) -> None:
+        super().__init__()
+        self.original = original
+        self.recording = recording
+
+    def decide(
+        self,
+        state: SagaState,
+        step: StepState,
+        request: Event,
+        spending: Spending | None,
+        unrecorded: Decimal = Decimal(0),
+        on_budget: BudgetDegradation | tuple[BudgetDegradation, ...] | None = None,
+    ) -> BudgetDecision:
+        before = self.original.steps.get(step.key)
+        if before is None:
+            return BudgetDecision(request)
+        attempt = step.attempts + 1  # the dispatch being decided
+        sent = self.recording.requests.get(step.key, [])
+        if attempt <= len(sent):
+            recorded = sent[attempt - 1].data
+            degraded = (before.degradation or "").startswith(BUDGET)
+            if degraded and recorded != request:
+                return BudgetDecision(recorded, (before.degradation or "")[len(BUDGET):])
+            return BudgetDecision(request)
+        refused = (before.fallback_reason or "").startswith(BUDGET)
+        if refused and attempt == len(sent) + 1:
+            return BudgetDecision(None, (before.fallback_reason or "")[len(BUDGET):])
+        return BudgetDecision(request)
+
+
 async def replay(
     events: Sequence[Envelope],
     workflows: Iterable[Workflow],
@@ -192,6 +236,8 @@ async def replay(
     coordinator = SagaCoordinator(
         transport, store, [workflow], clock=clock,
         breakers=BreakerRegistry(BreakerPolicy(failure_threshold=1_000_000)),
+        # the budget, like the breakers, is the state of then: its decisions are recorded
+        costs=RecordedDecisions(original, recording) if original is not None else None,
     )
     await coordinator.handle(start)
     seen = 0

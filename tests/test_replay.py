@@ -117,6 +117,41 @@ class TestDeterministicReplay:
         assert report.terminal_differences["text"][1] == "Respuesta nueva"
 
 
+class TestReplayOfBudgetDecisions:
+    async def test_a_saga_degraded_by_its_budget_replays_identically(
+        self, tmp_path: Path
+    ) -> None:
+        """A tenant with no budget left: its image analysis was answered from the cache only
+        and its reply fell back. The replay decides each dispatch as the original did (it has
+        no spend of then to decide on), so nothing differs."""
+        from decimal import Decimal
+
+        from saga.budget import TenantBudget
+        from saga.cost import Price, PriceTable
+        from service.cost_settings import CostSettings
+
+        prices = PriceTable(version="t", prices=(
+            Price(provider="fake", model="fake-*", per_1k_transactions=Decimal(500)),
+        ))
+        cost = CostSettings(budgets={"poor": TenantBudget(day=Decimal(0))},
+                            estimate_with={"vision": "fake/fake-1"})
+        async with FakeService(tmp_path, pricing=prices, cost=cost) as svc:
+            image = await svc.blobs.put(b"x" * 10, "image/png")
+            for inquiry_id, tenant in (("rich-1", "rich"), ("poor-1", "poor")):
+                await svc.submit(make_inquiry(inquiry_id, message="hi", language="en",
+                                              attachments=(image,)), tenant=tenant)
+                await svc.wait(inquiry_id, timeout=10)  # rich-1 leaves the analysis cached
+            await svc.settle()
+            original = await svc.saga("poor-1")
+            events = causal_order(await svc.store.events("poor-1"))
+            assert svc.coordinator is not None
+            report = await replay(events, svc.coordinator.workflows.values(), original=original)
+        assert "respond" in original.degraded
+        assert any((s.degradation or "").startswith("budget:") for s in original.steps.values())
+        assert report.differences == []
+        assert report.terminal_differences == {}
+
+
 class TestResume:
     async def test_failed_saga_resumes_from_the_failed_step(self, tmp_path: Path) -> None:
         """A saga that failed at the response step resumes: image analysis and translation are
