@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
+from bus.base import Transport
 from bus.memory import InMemoryTransport
 from events import (
     CONTENT_TYPE,
@@ -116,9 +117,11 @@ class _Clock:
 # -- memory ---------------------------------------------------------------------------------
 
 
-async def memory_ours(n: int, workers: int = 8) -> Sample:
+async def memory_ours(n: int, workers: int = 8, transport: Transport | None = None) -> Sample:
+    """``n`` hops through our in-memory transport (or ``transport``, one wrapping it: the
+    telemetry benchmark's instrumented one), closed at the end."""
     clock = _Clock(n)
-    transport = InMemoryTransport(concurrency=workers)
+    transport = transport or InMemoryTransport(concurrency=workers)
 
     async def handler(env: Envelope) -> None:
         clock.started()

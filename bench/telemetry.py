@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, header, quiet_logging, save
-from bench.hop import IN_TYPE, Sample, _Clock, _inputs, _interleave, follow_up
+from bench.hop import Sample, _interleave, memory_ours
 from bus.memory import InMemoryTransport
-from events import Envelope
 
 VARIANTS = ("off", "on", "exporter")
 BASELINE = "off"
@@ -65,24 +64,11 @@ async def hop(n: int, variant: str, workers: int = 8) -> Sample:
     elif variant != "off":
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     transport = telemetry.instrument_transport(inner) if telemetry is not None else inner
-    clock = _Clock(n)
-
-    async def handler(env: Envelope) -> None:
-        clock.started()
-        await transport.publish(follow_up(env))
-        clock.finished()
-
-    await transport.subscribe("hop", [IN_TYPE], handler)
-    await transport.start()
     try:
-        for env in _inputs(n):
-            await transport.publish(env)
-        await asyncio.wait_for(clock.done.wait(), 120)
+        return await memory_ours(n, workers, transport)
     finally:
-        await transport.close()
         if telemetry is not None:
             telemetry.shutdown()
-    return clock.sample()
 
 
 def _summary(samples: list[Sample]) -> dict[str, Any]:
