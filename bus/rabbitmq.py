@@ -43,6 +43,11 @@ observers added with :meth:`RabbitMQTransport.add_observer` (:class:`~bus.base.D
 On the wire a message is the structured CloudEvent (``application/cloudevents+json``), persistent,
 with ``message_id`` = event id, ``correlation_id`` = correlation id, ``type`` = event type,
 ``timestamp`` = event time and a ``ce-tenant`` header, so any AMQP client can read or write it.
+A copy the transport publishes again (a retry, a dead letter, a re-drive, a message handed back)
+has a ``message_id`` of its own, and the first one in ``x-original-message-id``: the client
+matches a broker's return to its publish by that id, and two copies of one event in flight at
+once (two groups retrying it) must not get each other's returns. The body, and with it the
+event id the inbox deduplicates by, is never changed.
 """
 
 from __future__ import annotations
@@ -102,6 +107,11 @@ H_DEAD_ID = "x-dead-letter-id"
 H_ROUTING_KEY = "x-routing-key"
 """The routing key the message was first published with (retries travel by queue name)."""
 H_TENANT = "ce-tenant"
+H_MESSAGE_ID = "x-original-message-id"
+"""The ``message_id`` the message was first published with (ours: the event id). Each copy the
+transport publishes (a retry, a dead letter, a re-drive, a message handed back) gets a
+``message_id`` of its own, because the client matches a broker's return to its publish by that
+id; this header keeps the first one."""
 
 _DEAD_HEADERS = frozenset({H_REASON, H_ERROR_CLASS, H_ATTEMPTS, H_GROUP, H_DEAD_AT, H_DEAD_ID})
 
@@ -816,8 +826,8 @@ class RabbitMQTransport:
         if self._pub is None:
             raise TransportError("transport is closed")
         if message.message_id is None:
-            # the broker's return is matched to its publish by message id: without one a
-            # returned message would look confirmed
+            # the broker's return is matched to its publish by message id (see _copy): it
+            # must be set, and unique among the publishes in flight
             message.message_id = str(uuid.uuid4())
         await self._confirm(self._pub.default_exchange, message, queue, mandatory=True)
 
@@ -943,6 +953,15 @@ def _clean_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:
+    """A copy of ``message`` to publish again, with ``headers`` and a ``message_id`` of its own.
+
+    aiormq matches a returned (mandatory, unroutable) message to the newest publish with its
+    ``message_id`` on the channel: two copies of one event in flight at once with the same id
+    (two groups retrying it together) would get each other's returns, and a copy returned
+    unparked would look confirmed and its original be acknowledged: lost. The first id is kept
+    in ``x-original-message-id``; the event id is in the body either way."""
+    if H_MESSAGE_ID not in headers and message.message_id:
+        headers[H_MESSAGE_ID] = message.message_id
     return Message(
         message.body,
         headers=headers,
@@ -950,7 +969,7 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:
         content_encoding=message.content_encoding,
         delivery_mode=DeliveryMode.PERSISTENT,
         correlation_id=message.correlation_id,
-        message_id=message.message_id,
+        message_id=str(uuid.uuid4()),
         timestamp=message.timestamp,
         type=message.type,
         app_id=message.app_id,

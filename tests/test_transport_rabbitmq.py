@@ -13,14 +13,14 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import pytest
 from yarl import URL
 
 from bus import RetryPolicy
-from bus.rabbitmq import H_ATTEMPTS, RabbitMQTransport
+from bus.rabbitmq import H_ATTEMPTS, H_MESSAGE_ID, RabbitMQTransport
 from events import CONTENT_TYPE, Envelope, InquiryReceived, encode
 from tests.conformance.transport import (
     PublishRaw,
@@ -421,6 +421,86 @@ class TestRabbitMQTransport(TransportContract):
         (letter,) = await dead_letters_eventually(t, 1)
         assert letter.correlationid == "bad"
         assert letter.error_class == "InvalidPayload"
+
+    async def test_copies_of_one_event_parked_at_once_are_not_mixed_up(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """Two groups fail on the same events at the same moment and park their retry copies
+        on the one publishing channel while one group's retry queue is missing: the broker's
+        returns for that group's copies are matched to them (each copy has a message id of its
+        own), so each is declared again and sent; no copy passes for confirmed and no
+        original is acknowledged unparked."""
+        n, rounds = 30, 4
+        t = make_transport(prefetch=n, retry=RetryPolicy(max_attempts=3, initial_delay=0.2,
+                                                         jitter=0))
+        gate = [asyncio.Event()]
+        calls: dict[str, dict[str, int]] = {"a": {}, "b": {}}
+
+        def failing_once(group: str) -> Callable[[Envelope], Awaitable[None]]:
+            async def handler(env: Envelope) -> None:
+                seen = calls[group][env.id] = calls[group].get(env.id, 0) + 1
+                if seen == 1:
+                    await gate[0].wait()  # every first attempt of both groups fails together
+                    raise ConnectionError("store away")
+
+            return handler
+
+        await t.subscribe("a", [InquiryReceived.event_type], failing_once("a"))
+        await t.subscribe("b", [InquiryReceived.event_type], failing_once("b"))
+        await t.start()
+        for r in range(rounds):
+            channel = await broker.channel()
+            await channel.queue_delete(f"{exchange_name}.a.retry.200")  # (declared again)
+            await channel.close()
+            gate[0] = asyncio.Event()
+            for i in range(n):
+                await t.publish(inquiry(i))
+            seen_all = n * (r + 1)
+            await eventually(lambda seen_all=seen_all: all(len(g) == seen_all for g in calls.values()))
+            # a's and b's copies interleave on the channel: with one id shared by the copies
+            # of an event, about one round in two lost some of a's messages here
+            gate[0].set()
+            await eventually(
+                lambda: all(v == 2 for g in calls.values() for v in g.values()), timeout=15
+            )
+        assert await t.dead_letters() == []
+
+    async def test_copies_have_their_own_message_id_and_keep_the_first(
+        self, transport: RabbitMQTransport, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A dead letter (like every copy) has a message id of its own and carries the one it
+        was first published with (the event id) in ``x-original-message-id``, through a
+        re-drive too; the event itself, and so its id, is unchanged."""
+        from events.errors import InvalidPayload
+
+        handled: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            handled.append(env.id)
+            raise InvalidPayload("never valid")
+
+        await transport.subscribe("g", [InquiryReceived.event_type], handler)
+        await transport.start()
+        sent = inquiry(correlation="copied")
+        await transport.publish(sent)
+        (letter,) = await dead_letters_eventually(transport, 1)
+        assert letter.headers[H_MESSAGE_ID] == sent.id
+        channel = await broker.channel()
+        dlq = await channel.declare_queue(f"{exchange_name}.g.dlq", passive=True)
+        message = await dlq.get(no_ack=False, timeout=5)
+        await channel.close()  # back in the queue
+        assert message.message_id not in (None, sent.id)
+        assert message.headers[H_MESSAGE_ID] == sent.id
+        assert json.loads(message.body)["id"] == sent.id
+
+        assert await transport.redrive([letter.id]) == 1
+        await eventually(lambda: len(handled) == 2)
+        (again,) = await dead_letters_eventually(transport, 1)
+        assert again.id != letter.id
+        assert again.headers[H_MESSAGE_ID] == sent.id
+        assert handled == [sent.id, sent.id]
 
     @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
     async def test_a_message_that_kills_its_consumer_is_dead_lettered(
