@@ -28,9 +28,13 @@ more, and if that fails too the original goes back to its queue; it is never ack
 
 **Redeliveries count.** A delivery the broker marks ``redelivered`` had a predecessor that was
 never settled: its consumer died (``kill -9``, out of memory) or lost its channel. That counts
-as a failed attempt (:class:`DeliveryNotSettled`): the message is re-published through the
-retry path with ``x-attempts`` + 1 and the redelivered one acked, so a message that kills every
-worker it reaches lands in the DLQ after ``max_attempts`` deliveries instead of crash-looping.
+as a failed attempt (:class:`DeliveryNotSettled`): the message is re-published with
+``x-attempts`` + 1 and the redelivered one acked, so a message that kills every worker it
+reaches lands in the DLQ after ``max_attempts`` deliveries instead of crash-looping. The copy
+goes straight back to the group's queue, without the retry delay (the message did not fail: a
+request answered before the crash is answered from the inbox at once); should it reach this
+process before the original's ack is written, its handler waits for that ack, so a copy that
+kills the process does not bring its original back too.
 Messages returned at shutdown count too (as on Service Bus). This works on classic and quorum
 queues alike; it does not rely on a quorum queue's ``x-delivery-count``. RabbitMQ 3.10 sets no
 delivery limit on quorum queues by default (a message is redelivered for ever); do not add a
@@ -219,6 +223,9 @@ class RabbitMQTransport:
         # when it is set up and the hot path never declares anything.
         self._steady = dataclasses.replace(self.retry, jitter=0.0)
         self._observers = Observers()
+        # copies sent straight back to their group's queue whose original is not acked yet,
+        # by the copy's message id (see _return_copy)
+        self._handoffs: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -678,6 +685,11 @@ class RabbitMQTransport:
         self, group: _Group, handler: Handler, message: AbstractIncomingMessage
     ) -> None:
         attempts = _int(message.headers.get(H_ATTEMPTS)) + 1
+        handoff = self._handoffs.get(message.message_id or "")
+        if handoff is not None:
+            # a copy this process sent back, reaching it before the original's ack went out:
+            # should this delivery kill the process, the original must not come back too
+            await handoff.wait()
         try:
             envelope = decode(message.body, self._types)
         except DecodeError as exc:
@@ -687,15 +699,20 @@ class RabbitMQTransport:
             # The broker gives the message again: delivery number ``attempts`` ended unsettled
             # (the consumer died or lost its channel). The broker's flag says only "again",
             # not how often (classic queues keep no count), so the count travels in a copy:
-            # re-published through the retry path with x-attempts + 1, the original acked.
-            # A message that kills every worker it reaches is thus dead-lettered after
-            # max_attempts deliveries, on classic and quorum queues alike.
+            # re-published with x-attempts + 1, the original acked. A message that kills every
+            # worker it reaches is thus dead-lettered after max_attempts deliveries, on classic
+            # and quorum queues alike. The copy goes straight back to the group's queue, not
+            # through a retry delay: the message itself did not fail (a request whose result
+            # was recorded before the crash is answered from the inbox at once), and the
+            # crash-loop protection needs only the count.
             lost = DeliveryNotSettled(
                 f"attempt {attempts} was never settled: its consumer died (killed, out of "
                 "memory) or lost its channel before acknowledging it"
             )
             final = attempts >= self.retry.max_attempts
-            await self._failed(group, message, lost, attempts, envelope, final=final)
+            await self._failed(
+                group, message, lost, attempts, envelope, final=final, immediate=True
+            )
             return
         try:
             await handler(envelope)
@@ -714,7 +731,10 @@ class RabbitMQTransport:
         envelope: Envelope | None,
         *,
         final: bool,
+        immediate: bool = False,
     ) -> None:
+        """Retry (after the policy's delay, or at once when ``immediate``) or dead-letter
+        (``final``) a message whose delivery number ``attempts`` failed with ``exc``."""
         event_type = envelope.type if envelope else _claimed_type(message)
         if group.ephemeral:
             log.warning("handler failed in an ephemeral group; dropped", group=group.name,
@@ -722,7 +742,7 @@ class RabbitMQTransport:
             await _ack(message)
             self._observers.dropped(group.name, event_type, attempts=attempts, exc=exc)
             return
-        ms = 0 if final else self._bucket_ms(attempts)
+        ms = 0 if final or immediate else self._bucket_ms(attempts)
         try:
             if final:
                 log.warning("dead-lettered", group=group.name, type=event_type,
@@ -754,12 +774,33 @@ class RabbitMQTransport:
         headers = _clean_headers(message)
         headers[H_ATTEMPTS] = attempts
         if ms == 0:
-            await self._confirm_default(_copy(message, headers), group.queue_name)
+            await self._return_copy(group, message, headers)
             return
         name = await self._declare_retry(group, ms)
         await self._park(
             group, _copy(message, headers), name, lambda: self._declare_retry(group, ms, again=True)
         )
+
+    async def _return_copy(
+        self, group: _Group, message: AbstractIncomingMessage, headers: dict[str, Any]
+    ) -> None:
+        """Send a copy of ``message`` with ``headers`` straight to its group's queue,
+        confirmed, then ack the original; raises :class:`~bus.base.TransportError` (the
+        original untouched) if the copy is not confirmed.
+
+        The copy can reach a consumer of this very process before the original's ack is
+        written (the broker delivers before it confirms a persistent message): that delivery
+        waits for the ack (:meth:`_deliver`), or a copy that kills the process would leave both
+        it and its original to come back, and each make copies of its own."""
+        copy = _copy(message, headers)
+        assert copy.message_id is not None
+        settled = self._handoffs[copy.message_id] = asyncio.Event()
+        try:
+            await self._confirm_default(copy, group.queue_name)
+            await _ack(message)
+        finally:
+            del self._handoffs[copy.message_id]
+            settled.set()
 
     async def _declare_retry(self, group: _Group, ms: int, *, again: bool = False) -> str:
         name = f"{group.queue_name}.retry.{ms}"
@@ -906,6 +947,8 @@ def _cancelling() -> bool:
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
+    if message.processed:  # acked with its copy's confirm (_return_copy)
+        return
     try:
         await message.ack()
     except _BROKER_ERRORS as exc:

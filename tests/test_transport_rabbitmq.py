@@ -502,6 +502,38 @@ class TestRabbitMQTransport(TransportContract):
         assert again.headers[H_MESSAGE_ID] == sent.id
         assert handled == [sent.id, sent.id]
 
+    async def test_a_redelivered_message_comes_back_at_once(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A message whose consumer died holding it is counted (a retry reported with
+        DeliveryNotSettled) but sent straight back to the group's queue, not through the retry
+        delay: its handler runs again at once (a request already answered is answered from the
+        inbox without waiting), with the attempt it was charged."""
+        t = make_transport(retry=RetryPolicy(max_attempts=3, initial_delay=30, jitter=0))
+        seen = observed(t)
+        await t.declare("g", [InquiryReceived.event_type])
+        await t.publish(inquiry(correlation="orphan"))
+        channel = await broker.channel()
+        queue = await channel.declare_queue(f"{exchange_name}.g", passive=True)
+        taken = await queue.get(no_ack=False, timeout=5)
+        assert not taken.redelivered
+        await channel.close()  # "dies" holding it: back in the queue, flagged redelivered
+        got: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            got.append(env.correlationid)
+
+        await t.subscribe("g", [InquiryReceived.event_type], handler)
+        await t.start()
+        await eventually(lambda: got == ["orphan"], timeout=3)
+        assert [(s.hook, s.attempts, s.error_class, s.delay) for s in seen.seen] == [
+            ("retried", 1, "DeliveryNotSettled", 0.0)
+        ]
+        await asyncio.sleep(0.2)
+        assert got == ["orphan"]
+        assert await queue_depth(broker, f"{exchange_name}.g") == 0
+
     @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
     async def test_a_message_that_kills_its_consumer_is_dead_lettered(
         self, make_transport: Factory, queue_type: str
@@ -512,10 +544,9 @@ class TestRabbitMQTransport(TransportContract):
         classic queues and on quorum queues (which on RabbitMQ 3.10 have no delivery limit
         unless one is set, and would redeliver it for ever too)."""
         async with _Proxy(URL(amqp_url())) as proxy:
-            # retries wait long enough for the original's ack to go out before the copy
-            # arrives and "kills" the connection again
+            # the retry delay is long: a redelivered message comes back at once all the same
             t = make_transport(url=proxy.url, grace=1, queue_type=queue_type, retry=RetryPolicy(
-                max_attempts=3, initial_delay=0.3, jitter=0))
+                max_attempts=3, initial_delay=30, jitter=0))
             seen = observed(t)
             deadly: list[int] = []
             ok: list[str] = []
@@ -523,7 +554,7 @@ class TestRabbitMQTransport(TransportContract):
             async def handler(env: Envelope) -> None:
                 if env.correlationid == "deadly":
                     deadly.append(1)
-                    proxy.drop()  # the process "dies" holding the message
+                    proxy.kill()  # the process "dies" holding the message
                     await asyncio.sleep(30)
                 ok.append(env.correlationid)
 
@@ -542,10 +573,10 @@ class TestRabbitMQTransport(TransportContract):
             assert letter.attempts == 3
             assert letter.error_class == "DeliveryNotSettled"
             assert "never settled" in letter.reason
-            assert [(s.hook, s.attempts, s.error_class) for s in seen.seen] == [
-                ("retried", 1, "DeliveryNotSettled"),
-                ("retried", 2, "DeliveryNotSettled"),
-                ("dead_lettered", 3, "DeliveryNotSettled"),
+            assert [(s.hook, s.attempts, s.error_class, s.delay) for s in seen.seen] == [
+                ("retried", 1, "DeliveryNotSettled", 0.0),
+                ("retried", 2, "DeliveryNotSettled", 0.0),
+                ("dead_lettered", 3, "DeliveryNotSettled", None),
             ]
             await reader.publish(inquiry(correlation="fine"))
             await eventually(lambda: ok == ["fine"], timeout=20)
@@ -713,6 +744,8 @@ class _Proxy:
         self._upstream = upstream
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()  # toward the clients
+        self._deaf: set[asyncio.StreamWriter] = set()  # (see kill)
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused = False
         self.url = ""
@@ -738,6 +771,14 @@ class _Proxy:
             writer.close()
         self._writers.clear()
 
+    def kill(self, linger: float = 0.2) -> None:
+        """Cut every open connection as the death of the client's process does: from now on
+        the client hears nothing, while what it had written (into a socket the kernel still
+        flushes) reaches the broker for ``linger`` seconds; then the connections close. (The
+        client, still alive in the test, is deaf meanwhile: it can answer nothing.)"""
+        self._deaf |= self._clients
+        asyncio.get_running_loop().call_later(linger, self.drop)
+
     def pause(self) -> None:
         """Cut every connection and refuse new ones until :meth:`resume`."""
         self._paused = True
@@ -760,11 +801,14 @@ class _Proxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
+        self._clients.add(writer)
         a = asyncio.create_task(self._pipe(reader, up_writer))
         b = asyncio.create_task(self._pipe(up_reader, writer))
         self._tasks |= {a, b}
         await asyncio.gather(a, b, return_exceptions=True)
         self._tasks -= {a, b}
+        self._clients.discard(writer)
+        self._deaf.discard(writer)
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.close()
@@ -774,6 +818,8 @@ class _Proxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if writer in self._deaf:
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
