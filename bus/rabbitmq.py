@@ -24,7 +24,8 @@ start, so an event published before its group's first consumer ever ran waits in
 (Events go to the exchange unmandated: a type no group takes is dropped, as in memory.) Copies
 published to a queue by name (retries, dead letters, re-drives) are *mandatory*: if the queue
 was deleted the broker returns the copy, the queue is declared again and the copy sent once
-more, and if that fails too the original goes back to its queue; it is never acked unparked.
+more, and if that fails too the original is handed back to its group's queue (below); it is
+never acked unparked.
 
 **Redeliveries count.** A delivery the broker marks ``redelivered`` had a predecessor that was
 never settled: its consumer died (``kill -9``, out of memory) or lost its channel. That counts
@@ -34,12 +35,21 @@ reaches lands in the DLQ after ``max_attempts`` deliveries instead of crash-loop
 goes straight back to the group's queue, without the retry delay (the message did not fail: a
 request answered before the crash is answered from the inbox at once); should it reach this
 process before the original's ack is written, its handler waits for that ack, so a copy that
-kills the process does not bring its original back too.
-Messages returned at shutdown count too (as on Service Bus). This works on classic and quorum
+kills the process does not bring its original back too. This works on classic and quorum
 queues alike; it does not rely on a quorum queue's ``x-delivery-count``. RabbitMQ 3.10 sets no
 delivery limit on quorum queues by default (a message is redelivered for ever); do not add a
 ``delivery-limit`` policy to the group queues: with no dead-letter exchange on them, the broker
 *drops* a message that reaches it (checked on 3.10.8).
+
+**Handed back, not requeued.** So that ``redelivered`` keeps meaning "its consumer died or lost
+its channel", a message this process gives back while alive goes back as a confirmed copy and
+the original is acked: at :meth:`~RabbitMQTransport.close`, one prefetched but not started, or
+one whose handler was cut off after the grace (both with ``x-attempts`` unchanged: the
+interruption is ours, not the message's), and a failed message whose retry or dead letter could
+not be parked (charged with that attempt, and back at once). Only when no copy can be published
+(the connection is gone) is the original requeued, and its redelivery then counts as an attempt.
+Nothing is acked before its copy is confirmed; a copy confirmed and the ack then lost is a
+duplicate, which the inbox absorbs.
 
 Each retry, dead letter and drop is reported, once the broker has confirmed it, to the
 observers added with :meth:`RabbitMQTransport.add_observer` (:class:`~bus.base.DeliveryObserver`).
@@ -116,6 +126,9 @@ H_MESSAGE_ID = "x-original-message-id"
 transport publishes (a retry, a dead letter, a re-drive, a message handed back) gets a
 ``message_id`` of its own, because the client matches a broker's return to its publish by that
 id; this header keeps the first one."""
+
+_HAND_BACK_TIMEOUT = 5.0
+"""How long giving a message back (a confirmed copy) may take before it is requeued instead."""
 
 _DEAD_HEADERS = frozenset({H_REASON, H_ERROR_CLASS, H_ATTEMPTS, H_GROUP, H_DEAD_AT, H_DEAD_ID})
 
@@ -254,8 +267,9 @@ class RabbitMQTransport:
         self._started = True
 
     async def close(self) -> None:
-        """Cancel the consumers, give in-flight handlers up to ``grace`` seconds, return the
-        messages of those still running to the broker, and disconnect."""
+        """Cancel the consumers, give in-flight handlers up to ``grace`` seconds, hand the
+        messages of those still running (and of those not started) back to their queue,
+        uncounted, and disconnect."""
         conn = self._conn
         if conn is None:
             self._started = False
@@ -270,8 +284,8 @@ class RabbitMQTransport:
                             count=len(pending), grace=self.grace)
                 for task in pending:
                     task.cancel()
-                # each cancelled delivery nacks its message (requeue) on the way out
-                await asyncio.wait(pending, timeout=5)
+                # each cancelled delivery hands its message back on the way out
+                await asyncio.wait(pending, timeout=_HAND_BACK_TIMEOUT + 1)
         self._closed = True
         self._conn = self._pub = self._exchange = self._topology = None
         for group in self._groups.values():
@@ -662,18 +676,26 @@ class RabbitMQTransport:
             self._inflight.add(task)
             try:
                 async with sub.semaphore:
-                    if self._draining:
-                        # prefetched while close() cancelled the consumer: give it back
-                        await _settle(message)
-                        return
-                    await self._deliver(group, sub.handler, message)
+                    # not if close() began while it waited for a slot (prefetched before the
+                    # consumer was cancelled)
+                    run = not self._draining
+                    if run:
+                        await self._deliver(group, sub.handler, message)
+                if not run:
+                    await self._hand_back(group, message)  # (the slot free for the next)
             except asyncio.CancelledError:
-                # close() after the grace period, or the channel died under the handler
-                await _settle(message)
+                # close() after the grace period (the handler, if it started, was cut off by
+                # our shutdown, not by the message), or the channel died under the handler (then
+                # the broker has the message back already). The hand-back may wait, as the
+                # cancellation was delivered; a second one is not absorbed.
+                task.uncancel()
+                await self._hand_back(group, message)
                 raise
             except Exception:
                 # a bug of ours, not the handler's (that one is caught in _deliver): never leave
-                # the message unacknowledged for the life of the channel, and never drop it
+                # the message unacknowledged for the life of the channel, and never drop it.
+                # Requeued as it is: its redelivery counts, so a message that keeps hitting
+                # the bug ends in the dead letters
                 log.exception("delivery failed; requeued", group=group.name)
                 await _settle(message)
             finally:
@@ -753,11 +775,11 @@ class RabbitMQTransport:
                          delay=ms / 1000, error=repr(exc))
                 await self._schedule_retry(group, message, attempts, ms)
         except TransportError as error:
-            # not parked anywhere: give it back rather than ack it and lose it (and it is no
-            # retry: the attempt count stays as it was)
-            log.error("cannot retry or dead-letter; requeued", group=group.name,
-                      error=repr(error))
-            await _settle(message)
+            # not parked anywhere: give it back rather than ack it and lose it, charged with
+            # this attempt (and back at once: a retry queue that takes nothing is no delay)
+            log.error("cannot retry or dead-letter; handed back", group=group.name,
+                      attempts=attempts, error=repr(error))
+            await self._hand_back(group, message, attempts=attempts)
             return
         # parked, confirmed: the decision took effect, whether or not the ack gets through
         if final:
@@ -780,6 +802,36 @@ class RabbitMQTransport:
         await self._park(
             group, _copy(message, headers), name, lambda: self._declare_retry(group, ms, again=True)
         )
+
+    async def _hand_back(
+        self, group: _Group, message: AbstractIncomingMessage, *, attempts: int | None = None
+    ) -> None:
+        """Give back a message this live process took and will not finish: not handled at
+        close, cut off after the grace, or a retry or dead letter that could not be parked.
+
+        It goes back as a confirmed copy, with ``x-attempts`` = ``attempts`` (unchanged when
+        None: no handler ran, or ours was cut off by shutdown), and the original is acked, so
+        the broker's ``redelivered`` flag keeps meaning "a consumer died or lost its channel
+        holding it". Only when no copy can be published (the connection is gone) is the
+        original requeued, and its redelivery then counts as an attempt. A copy confirmed and
+        the ack then lost is a duplicate, which the inbox absorbs; nothing is acked before its
+        copy is confirmed."""
+        if message.processed:
+            return
+        if group.ephemeral or not _channel_open(message):
+            # an ephemeral queue goes with this process; a closed channel: the broker has it
+            await _settle(message)
+            return
+        headers = _clean_headers(message)
+        if attempts is not None:
+            headers[H_ATTEMPTS] = attempts
+        try:
+            async with asyncio.timeout(_HAND_BACK_TIMEOUT):
+                await self._return_copy(group, message, headers)
+        except (TransportError, TimeoutError) as exc:
+            log.warning("cannot hand the message back; requeued (its redelivery counts)",
+                        group=group.name, error=repr(exc))
+            await _settle(message)
 
     async def _return_copy(
         self, group: _Group, message: AbstractIncomingMessage, headers: dict[str, Any]
@@ -937,6 +989,14 @@ class RabbitMQTransport:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _channel_open(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` came on is still open (so it can still be acked)."""
+    try:
+        return not message.channel.is_closed
+    except RuntimeError:  # aio-pika's ChannelInvalidStateError: closed
+        return False
 
 
 def _cancelling() -> bool:

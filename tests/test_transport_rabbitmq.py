@@ -135,6 +135,21 @@ async def queue_depth(broker: aio_pika.abc.AbstractConnection, name: str) -> int
         await channel.close()
 
 
+async def take_all(
+    broker: aio_pika.abc.AbstractConnection, name: str
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every ready message of queue ``name``, taken (acked) by another client."""
+    channel = await broker.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        taken = []
+        while (message := await queue.get(no_ack=True, fail=False, timeout=5)) is not None:
+            taken.append(message)
+        return taken
+    finally:
+        await channel.close()
+
+
 class TestRabbitMQTransport(TransportContract):
     """RabbitMQ behaves as every transport must, and as an AMQP citizen."""
 
@@ -639,7 +654,79 @@ class TestRabbitMQTransport(TransportContract):
         await asyncio.wait_for(started.wait(), 5)
         await t.close()
         assert cancelled == [True]
-        assert await queue_depth(broker, f"{exchange_name}.g") == 1
+        (back,) = await take_all(broker, f"{exchange_name}.g")
+        # handed back as a copy, not requeued: not flagged as a death, and not charged (the
+        # handler was cut off by our shutdown, not by the message)
+        assert not back.redelivered
+        assert H_ATTEMPTS not in back.headers
+
+    async def test_close_hands_back_what_it_did_not_start(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """Messages prefetched but still waiting for a handler slot when close() begins go back
+        uncounted: after more graceful restarts than max_attempts none is retried or
+        dead-lettered, each is handled once, and the one left is as it was sent."""
+        seen: list[str] = []
+        reports = []
+
+        async def slow(env: Envelope) -> None:
+            seen.append(env.correlationid)
+            await asyncio.sleep(0.5)
+
+        for restart in range(3):
+            t = make_transport(prefetch=4, grace=5)
+            reports.append(observed(t))
+            await t.subscribe("g", [InquiryReceived.event_type], slow, concurrency=1)
+            await t.start()
+            before = len(seen)
+            if restart == 0:
+                for i in range(4):
+                    await t.publish(inquiry(correlation=f"m{i}"))
+            await eventually(lambda before=before: len(seen) > before, timeout=5)
+            await t.close()  # the running one finishes, the rest go back
+        assert seen == ["m0", "m1", "m2"]
+        assert [r.seen for r in reports] == [[], [], []]
+        assert await queue_depth(broker, f"{exchange_name}.g.dlq") == 0
+        (left,) = await take_all(broker, f"{exchange_name}.g")
+        assert json.loads(left.body)["correlationid"] == "m3"
+        assert not left.redelivered
+        assert H_ATTEMPTS not in left.headers
+
+    async def test_a_retry_that_cannot_be_parked_comes_back_counted(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A retry queue that refuses the copy (here: full, rejecting publishes): the message
+        is handed back to its group's queue as a copy charged with the failed attempt, and
+        handled again, instead of coming back 'redelivered' and being charged (and parked)
+        again and again."""
+        t = make_transport(publish_timeout=1)
+        calls: list[str] = []
+
+        async def handler(env: Envelope) -> None:
+            calls.append(env.correlationid)
+            if len(calls) == 1:
+                raise RuntimeError("once")
+
+        await t.subscribe("g", [InquiryReceived.event_type], handler)
+        await t.start()
+        seen = observed(t)
+        retry_queue = f"{exchange_name}.g.retry.10"
+        channel = await broker.channel()
+        await channel.queue_delete(retry_queue)
+        await channel.declare_queue(retry_queue, durable=True, arguments={
+            "x-message-ttl": 10, "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{exchange_name}.g",
+            "x-max-length": 0, "x-overflow": "reject-publish",
+        })
+        await channel.close()
+        await t.publish(inquiry(correlation="refused"))
+        await eventually(lambda: len(calls) == 2, timeout=10)
+        await asyncio.sleep(0.2)
+        assert calls == ["refused", "refused"]
+        assert seen.seen == []  # no retry took effect, and no DeliveryNotSettled
+        assert await queue_depth(broker, f"{exchange_name}.g") == 0
 
     async def test_handler_in_flight_when_connection_drops_is_redelivered(
         self, make_transport: Factory
