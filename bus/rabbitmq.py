@@ -809,8 +809,10 @@ class RabbitMQTransport:
         """Give back a message this live process took and will not finish: not handled at
         close, cut off after the grace, or a retry or dead letter that could not be parked.
 
-        It goes back as a confirmed copy, with ``x-attempts`` = ``attempts`` (unchanged when
-        None: no handler ran, or ours was cut off by shutdown), and the original is acked, so
+        It goes back as a confirmed copy, with ``x-attempts`` = ``attempts`` (when None:
+        unchanged, as no handler ran or ours was cut off by shutdown, except that a
+        ``redelivered`` one is charged with its predecessor's death), and the original is
+        acked, so
         the broker's ``redelivered`` flag keeps meaning "a consumer died or lost its channel
         holding it". Only when no copy can be published (the connection is gone) is the
         original requeued, and its redelivery then counts as an attempt. A copy confirmed and
@@ -823,6 +825,10 @@ class RabbitMQTransport:
             await _settle(message)
             return
         headers = _clean_headers(message)
+        if attempts is None and message.redelivered:
+            # redelivered and not yet looked at: the death it tells of is charged here, as
+            # _deliver would have, or the copy (not redelivered) would forget it
+            attempts = _int(message.headers.get(H_ATTEMPTS)) + 1
         if attempts is not None:
             headers[H_ATTEMPTS] = attempts
         try:

@@ -693,6 +693,36 @@ class TestRabbitMQTransport(TransportContract):
         assert not left.redelivered
         assert H_ATTEMPTS not in left.headers
 
+    async def test_a_redelivered_message_handed_back_keeps_its_charge(
+        self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
+        exchange_name: str,
+    ) -> None:
+        """A redelivered message still waiting for a slot at close is handed back charged with
+        the death its flag told of: the copy is not flagged, so it must carry the count."""
+        t = make_transport(prefetch=4, grace=5)
+        started = asyncio.Event()
+
+        async def slow(env: Envelope) -> None:
+            started.set()
+            await asyncio.sleep(0.5)
+
+        await t.declare("g", [InquiryReceived.event_type])
+        await t.publish(inquiry(correlation="orphan"))
+        other = await broker.channel()
+        queue = await other.declare_queue(f"{exchange_name}.g", passive=True)
+        assert await queue.get(no_ack=False, timeout=5) is not None  # held by a "doomed" client
+        await t.subscribe("g", [InquiryReceived.event_type], slow, concurrency=1)
+        await t.start()
+        await t.publish(inquiry(correlation="slow"))
+        await asyncio.wait_for(started.wait(), 5)
+        await other.close()  # it "dies": the orphan comes back, redelivered, behind "slow"
+        await asyncio.sleep(0.2)
+        await t.close()
+        (back,) = await take_all(broker, f"{exchange_name}.g")
+        assert json.loads(back.body)["correlationid"] == "orphan"
+        assert not back.redelivered
+        assert back.headers[H_ATTEMPTS] == 1
+
     async def test_a_retry_that_cannot_be_parked_comes_back_counted(
         self, make_transport: Factory, broker: aio_pika.abc.AbstractConnection,
         exchange_name: str,
