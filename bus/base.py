@@ -187,7 +187,9 @@ class Transport(Protocol):
         are kept for the group until one of its consumers takes them, even if none has ever
         run. Every process of a deployment declares every group it knows at start, so a
         message published before its consumer's process starts waits instead of being lost.
-        Idempotent; bindings are only ever added."""
+        Idempotent; bindings are only ever added. (In memory, where a consumer can only be in
+        the same process, they are kept only for a group subscribed before :meth:`start`: see
+        :meth:`bus.memory.InMemoryTransport.declare`.)"""
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         """Every dead-lettered message, oldest first, optionally of one group; they stay

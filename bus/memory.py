@@ -54,6 +54,9 @@ class _Group:
     """Events for a declared group that no handler has subscribed to yet: they wait here
     (not counted as pending, so :meth:`InMemoryTransport.idle` does not wait for a consumer
     that may never come) and are queued when the first handler subscribes."""
+    holding: bool = True
+    """Whether events are kept in :attr:`held` while the group has no handler: until the
+    transport starts (see :meth:`InMemoryTransport.declare`)."""
 
     def wants(self, routing_key: str) -> bool:
         return ALL_TYPES in self.types or routing_key in self.types
@@ -103,6 +106,8 @@ class InMemoryTransport:
         self._started = True
         self._closing = False
         for group in self._groups.values():
+            if not group.handlers:
+                self._stop_holding(group)
             self._spawn(group)
 
     async def close(self) -> None:
@@ -162,13 +167,25 @@ class InMemoryTransport:
             self._spawn(grp, only_last=True)
 
     async def declare(self, group: str, event_types: Collection[str]) -> None:
-        """Keep ``event_types`` for ``group`` from now on, until a handler subscribes to it
-        (in this process: nothing in memory outlives it)."""
+        """Keep ``event_types`` for ``group`` from now on, until a handler subscribes to it,
+        as long as that is before :meth:`start`.
+
+        Nothing in memory outlives the process, so the only consumer a declared group can
+        ever have is one subscribed in this process, and a process subscribes its groups
+        before it starts the transport (as ai-apps' ``Service.start`` does). A group still
+        without a handler at start never gets one: what it held is dropped then, with one
+        warning naming it and the count, and nothing more is kept for it (a handler that
+        subscribes later after all gets the events published from then on). A group declared
+        after start keeps nothing either. So what is held is bounded by what is published
+        before start, and a partial in-memory deployment (some actors only) does not keep
+        the other groups' events for ever."""
         if isinstance(event_types, str):
             raise TypeError("event_types must be a collection of type names, not a str")
         grp = self._groups.get(group)
         if grp is None:
-            self._groups[group] = _Group(group, set(event_types), [])
+            grp = self._groups[group] = _Group(group, set(event_types), [])
+            if self._started:
+                self._stop_holding(grp)
         elif grp.ephemeral:
             raise ValueError(f"group {group!r} is ephemeral: it cannot be declared")
         else:
@@ -203,10 +220,10 @@ class InMemoryTransport:
             if (ids is None or d.id in ids) and (group is None or d.group == group)
         ]
         for letter in chosen:
-            self._dead.remove(letter)
             grp = self._groups.get(letter.group)
-            if grp is None:
+            if grp is None:  # checked before the letter leaves the dead letters
                 raise TransportError(f"group {letter.group!r} no longer subscribes")
+            self._dead.remove(letter)
             self._enqueue(
                 grp, _Delivery(letter.id, letter.body, letter.event_type or "", attempts=0)
             )
@@ -232,11 +249,16 @@ class InMemoryTransport:
         """Messages queued, in flight, or waiting for a retry."""
         return self._pending
 
+    @property
+    def held(self) -> int:
+        """Events kept for declared groups no handler has subscribed to yet (before start)."""
+        return sum(len(g.held) for g in self._groups.values())
+
     # -- internals -------------------------------------------------------------------------
 
     def _route(self, body: bytes, routing_key: str) -> None:
         for group in self._groups.values():
-            if group.wants(routing_key):
+            if (group.handlers or group.holding) and group.wants(routing_key):
                 self._enqueue(group, _Delivery(str(uuid.uuid4()), body, routing_key))
 
     def _enqueue(self, group: _Group, delivery: _Delivery) -> None:
@@ -246,6 +268,20 @@ class InMemoryTransport:
         self._pending += 1
         self._idle.clear()
         group.queue.put_nowait(delivery)
+
+    def _stop_holding(self, group: _Group) -> None:
+        """``group`` has no handler at start (or was declared after it): it never will in
+        this process, so keeping its events would only fill memory."""
+        if not group.holding:
+            return
+        group.holding = False
+        dropped, group.held = len(group.held), []
+        if dropped:
+            log.warning("declared group has no handler in this process; its events dropped",
+                        group=group.name, dropped=dropped)
+        else:
+            log.info("declared group has no handler in this process; its events are not kept",
+                     group=group.name)
 
     def _done(self) -> None:
         self._pending -= 1

@@ -24,18 +24,32 @@ start, so an event published before its group's first consumer ever ran waits in
 (Events go to the exchange unmandated: a type no group takes is dropped, as in memory.) Copies
 published to a queue by name (retries, dead letters, re-drives) are *mandatory*: if the queue
 was deleted the broker returns the copy, the queue is declared again and the copy sent once
-more, and if that fails too the original goes back to its queue; it is never acked unparked.
+more, and if that fails too the original is handed back to its group's queue (below); it is
+never acked unparked.
 
 **Redeliveries count.** A delivery the broker marks ``redelivered`` had a predecessor that was
 never settled: its consumer died (``kill -9``, out of memory) or lost its channel. That counts
-as a failed attempt (:class:`DeliveryNotSettled`): the message is re-published through the
-retry path with ``x-attempts`` + 1 and the redelivered one acked, so a message that kills every
-worker it reaches lands in the DLQ after ``max_attempts`` deliveries instead of crash-looping.
-Messages returned at shutdown count too (as on Service Bus). This works on classic and quorum
+as a failed attempt (:class:`DeliveryNotSettled`): the message is re-published with
+``x-attempts`` + 1 and the redelivered one acked, so a message that kills every worker it
+reaches lands in the DLQ after ``max_attempts`` deliveries instead of crash-looping. The copy
+goes straight back to the group's queue, without the retry delay (the message did not fail: a
+request answered before the crash is answered from the inbox at once); should it reach this
+process before the original's ack is written, its handler waits for that ack, so a copy that
+kills the process does not bring its original back too. This works on classic and quorum
 queues alike; it does not rely on a quorum queue's ``x-delivery-count``. RabbitMQ 3.10 sets no
 delivery limit on quorum queues by default (a message is redelivered for ever); do not add a
 ``delivery-limit`` policy to the group queues: with no dead-letter exchange on them, the broker
 *drops* a message that reaches it (checked on 3.10.8).
+
+**Handed back, not requeued.** So that ``redelivered`` keeps meaning "its consumer died or lost
+its channel", a message this process gives back while alive goes back as a confirmed copy and
+the original is acked: at :meth:`~RabbitMQTransport.close`, one prefetched but not started, or
+one whose handler was cut off after the grace (both with ``x-attempts`` unchanged: the
+interruption is ours, not the message's), and a failed message whose retry or dead letter could
+not be parked (charged with that attempt, and back at once). Only when no copy can be published
+(the connection is gone) is the original requeued, and its redelivery then counts as an attempt.
+Nothing is acked before its copy is confirmed; a copy confirmed and the ack then lost is a
+duplicate, which the inbox absorbs.
 
 Each retry, dead letter and drop is reported, once the broker has confirmed it, to the
 observers added with :meth:`RabbitMQTransport.add_observer` (:class:`~bus.base.DeliveryObserver`).
@@ -43,6 +57,11 @@ observers added with :meth:`RabbitMQTransport.add_observer` (:class:`~bus.base.D
 On the wire a message is the structured CloudEvent (``application/cloudevents+json``), persistent,
 with ``message_id`` = event id, ``correlation_id`` = correlation id, ``type`` = event type,
 ``timestamp`` = event time and a ``ce-tenant`` header, so any AMQP client can read or write it.
+A copy the transport publishes again (a retry, a dead letter, a re-drive, a message handed back)
+has a ``message_id`` of its own, and the first one in ``x-original-message-id``: the client
+matches a broker's return to its publish by that id, and two copies of one event in flight at
+once (two groups retrying it) must not get each other's returns. The body, and with it the
+event id the inbox deduplicates by, is never changed.
 """
 
 from __future__ import annotations
@@ -102,6 +121,14 @@ H_DEAD_ID = "x-dead-letter-id"
 H_ROUTING_KEY = "x-routing-key"
 """The routing key the message was first published with (retries travel by queue name)."""
 H_TENANT = "ce-tenant"
+H_MESSAGE_ID = "x-original-message-id"
+"""The ``message_id`` the message was first published with (ours: the event id). Each copy the
+transport publishes (a retry, a dead letter, a re-drive, a message handed back) gets a
+``message_id`` of its own, because the client matches a broker's return to its publish by that
+id; this header keeps the first one."""
+
+_HAND_BACK_TIMEOUT = 5.0
+"""How long giving a message back (a confirmed copy) may take before it is requeued instead."""
 
 _DEAD_HEADERS = frozenset({H_REASON, H_ERROR_CLASS, H_ATTEMPTS, H_GROUP, H_DEAD_AT, H_DEAD_ID})
 
@@ -209,6 +236,9 @@ class RabbitMQTransport:
         # when it is set up and the hot path never declares anything.
         self._steady = dataclasses.replace(self.retry, jitter=0.0)
         self._observers = Observers()
+        # copies sent straight back to their group's queue whose original is not acked yet,
+        # by the copy's message id (see _return_copy)
+        self._handoffs: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -237,8 +267,9 @@ class RabbitMQTransport:
         self._started = True
 
     async def close(self) -> None:
-        """Cancel the consumers, give in-flight handlers up to ``grace`` seconds, return the
-        messages of those still running to the broker, and disconnect."""
+        """Cancel the consumers, give in-flight handlers up to ``grace`` seconds, hand the
+        messages of those still running (and of those not started) back to their queue,
+        uncounted, and disconnect."""
         conn = self._conn
         if conn is None:
             self._started = False
@@ -253,8 +284,8 @@ class RabbitMQTransport:
                             count=len(pending), grace=self.grace)
                 for task in pending:
                     task.cancel()
-                # each cancelled delivery nacks its message (requeue) on the way out
-                await asyncio.wait(pending, timeout=5)
+                # each cancelled delivery hands its message back on the way out
+                await asyncio.wait(pending, timeout=_HAND_BACK_TIMEOUT + 1)
         self._closed = True
         self._conn = self._pub = self._exchange = self._topology = None
         for group in self._groups.values():
@@ -645,18 +676,26 @@ class RabbitMQTransport:
             self._inflight.add(task)
             try:
                 async with sub.semaphore:
-                    if self._draining:
-                        # prefetched while close() cancelled the consumer: give it back
-                        await _settle(message)
-                        return
-                    await self._deliver(group, sub.handler, message)
+                    # not if close() began while it waited for a slot (prefetched before the
+                    # consumer was cancelled)
+                    run = not self._draining
+                    if run:
+                        await self._deliver(group, sub.handler, message)
+                if not run:
+                    await self._hand_back(group, message)  # (the slot free for the next)
             except asyncio.CancelledError:
-                # close() after the grace period, or the channel died under the handler
-                await _settle(message)
+                # close() after the grace period (the handler, if it started, was cut off by
+                # our shutdown, not by the message), or the channel died under the handler (then
+                # the broker has the message back already). The hand-back may wait, as the
+                # cancellation was delivered; a second one is not absorbed.
+                task.uncancel()
+                await self._hand_back(group, message)
                 raise
             except Exception:
                 # a bug of ours, not the handler's (that one is caught in _deliver): never leave
-                # the message unacknowledged for the life of the channel, and never drop it
+                # the message unacknowledged for the life of the channel, and never drop it.
+                # Requeued as it is: its redelivery counts, so a message that keeps hitting
+                # the bug ends in the dead letters
                 log.exception("delivery failed; requeued", group=group.name)
                 await _settle(message)
             finally:
@@ -668,6 +707,11 @@ class RabbitMQTransport:
         self, group: _Group, handler: Handler, message: AbstractIncomingMessage
     ) -> None:
         attempts = _int(message.headers.get(H_ATTEMPTS)) + 1
+        handoff = self._handoffs.get(message.message_id or "")
+        if handoff is not None:
+            # a copy this process sent back, reaching it before the original's ack went out:
+            # should this delivery kill the process, the original must not come back too
+            await handoff.wait()
         try:
             envelope = decode(message.body, self._types)
         except DecodeError as exc:
@@ -677,15 +721,20 @@ class RabbitMQTransport:
             # The broker gives the message again: delivery number ``attempts`` ended unsettled
             # (the consumer died or lost its channel). The broker's flag says only "again",
             # not how often (classic queues keep no count), so the count travels in a copy:
-            # re-published through the retry path with x-attempts + 1, the original acked.
-            # A message that kills every worker it reaches is thus dead-lettered after
-            # max_attempts deliveries, on classic and quorum queues alike.
+            # re-published with x-attempts + 1, the original acked. A message that kills every
+            # worker it reaches is thus dead-lettered after max_attempts deliveries, on classic
+            # and quorum queues alike. The copy goes straight back to the group's queue, not
+            # through a retry delay: the message itself did not fail (a request whose result
+            # was recorded before the crash is answered from the inbox at once), and the
+            # crash-loop protection needs only the count.
             lost = DeliveryNotSettled(
                 f"attempt {attempts} was never settled: its consumer died (killed, out of "
                 "memory) or lost its channel before acknowledging it"
             )
             final = attempts >= self.retry.max_attempts
-            await self._failed(group, message, lost, attempts, envelope, final=final)
+            await self._failed(
+                group, message, lost, attempts, envelope, final=final, immediate=True
+            )
             return
         try:
             await handler(envelope)
@@ -704,7 +753,10 @@ class RabbitMQTransport:
         envelope: Envelope | None,
         *,
         final: bool,
+        immediate: bool = False,
     ) -> None:
+        """Retry (after the policy's delay, or at once when ``immediate``) or dead-letter
+        (``final``) a message whose delivery number ``attempts`` failed with ``exc``."""
         event_type = envelope.type if envelope else _claimed_type(message)
         if group.ephemeral:
             log.warning("handler failed in an ephemeral group; dropped", group=group.name,
@@ -712,7 +764,7 @@ class RabbitMQTransport:
             await _ack(message)
             self._observers.dropped(group.name, event_type, attempts=attempts, exc=exc)
             return
-        ms = 0 if final else self._bucket_ms(attempts)
+        ms = 0 if final or immediate else self._bucket_ms(attempts)
         try:
             if final:
                 log.warning("dead-lettered", group=group.name, type=event_type,
@@ -723,11 +775,11 @@ class RabbitMQTransport:
                          delay=ms / 1000, error=repr(exc))
                 await self._schedule_retry(group, message, attempts, ms)
         except TransportError as error:
-            # not parked anywhere: give it back rather than ack it and lose it (and it is no
-            # retry: the attempt count stays as it was)
-            log.error("cannot retry or dead-letter; requeued", group=group.name,
-                      error=repr(error))
-            await _settle(message)
+            # not parked anywhere: give it back rather than ack it and lose it, charged with
+            # this attempt (and back at once: a retry queue that takes nothing is no delay)
+            log.error("cannot retry or dead-letter; handed back", group=group.name,
+                      attempts=attempts, error=repr(error))
+            await self._hand_back(group, message, attempts=attempts)
             return
         # parked, confirmed: the decision took effect, whether or not the ack gets through
         if final:
@@ -744,12 +796,69 @@ class RabbitMQTransport:
         headers = _clean_headers(message)
         headers[H_ATTEMPTS] = attempts
         if ms == 0:
-            await self._confirm_default(_copy(message, headers), group.queue_name)
+            await self._return_copy(group, message, headers)
             return
         name = await self._declare_retry(group, ms)
         await self._park(
             group, _copy(message, headers), name, lambda: self._declare_retry(group, ms, again=True)
         )
+
+    async def _hand_back(
+        self, group: _Group, message: AbstractIncomingMessage, *, attempts: int | None = None
+    ) -> None:
+        """Give back a message this live process took and will not finish: not handled at
+        close, cut off after the grace, or a retry or dead letter that could not be parked.
+
+        It goes back as a confirmed copy, with ``x-attempts`` = ``attempts`` (when None:
+        unchanged, as no handler ran or ours was cut off by shutdown, except that a
+        ``redelivered`` one is charged with its predecessor's death), and the original is
+        acked, so
+        the broker's ``redelivered`` flag keeps meaning "a consumer died or lost its channel
+        holding it". Only when no copy can be published (the connection is gone) is the
+        original requeued, and its redelivery then counts as an attempt. A copy confirmed and
+        the ack then lost is a duplicate, which the inbox absorbs; nothing is acked before its
+        copy is confirmed."""
+        if message.processed:
+            return
+        if group.ephemeral or not _channel_open(message):
+            # an ephemeral queue goes with this process; a closed channel: the broker has it
+            await _settle(message)
+            return
+        headers = _clean_headers(message)
+        if attempts is None and message.redelivered:
+            # redelivered and not yet looked at: the death it tells of is charged here, as
+            # _deliver would have, or the copy (not redelivered) would forget it
+            attempts = _int(message.headers.get(H_ATTEMPTS)) + 1
+        if attempts is not None:
+            headers[H_ATTEMPTS] = attempts
+        try:
+            async with asyncio.timeout(_HAND_BACK_TIMEOUT):
+                await self._return_copy(group, message, headers)
+        except (TransportError, TimeoutError) as exc:
+            log.warning("cannot hand the message back; requeued (its redelivery counts)",
+                        group=group.name, error=repr(exc))
+            await _settle(message)
+
+    async def _return_copy(
+        self, group: _Group, message: AbstractIncomingMessage, headers: dict[str, Any]
+    ) -> None:
+        """Send a copy of ``message`` with ``headers`` straight to its group's queue,
+        confirmed, then ack the original; raises :class:`~bus.base.TransportError` (the
+        original untouched) if the copy is not confirmed.
+
+        The copy can reach a consumer of this very process before the original's ack is
+        written (the broker delivers before it confirms a persistent message): that delivery
+        waits for the ack (:meth:`_deliver`), or a copy that kills the process would leave both
+        it and its original to come back, and each make copies of its own."""
+        copy = _copy(message, headers)
+        assert copy.message_id is not None
+        settled = self._handoffs[copy.message_id] = asyncio.Event()
+        try:
+            await self._confirm_default(copy, group.queue_name)
+            await _ack(message)
+        finally:
+            del self._handoffs[copy.message_id]
+            settled.set()
 
     async def _declare_retry(self, group: _Group, ms: int, *, again: bool = False) -> str:
         name = f"{group.queue_name}.retry.{ms}"
@@ -816,8 +925,8 @@ class RabbitMQTransport:
         if self._pub is None:
             raise TransportError("transport is closed")
         if message.message_id is None:
-            # the broker's return is matched to its publish by message id: without one a
-            # returned message would look confirmed
+            # the broker's return is matched to its publish by message id (see _copy): it
+            # must be set, and unique among the publishes in flight
             message.message_id = str(uuid.uuid4())
         await self._confirm(self._pub.default_exchange, message, queue, mandatory=True)
 
@@ -888,6 +997,14 @@ class RabbitMQTransport:
 # -- helpers -------------------------------------------------------------------------------
 
 
+def _channel_open(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` came on is still open (so it can still be acked)."""
+    try:
+        return not message.channel.is_closed
+    except RuntimeError:  # aio-pika's ChannelInvalidStateError: closed
+        return False
+
+
 def _cancelling() -> bool:
     """Whether the current task itself is being cancelled (rather than a future it awaited,
     which aiormq cancels when the channel closes)."""
@@ -896,6 +1013,8 @@ def _cancelling() -> bool:
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
+    if message.processed:  # acked with its copy's confirm (_return_copy)
+        return
     try:
         await message.ack()
     except _BROKER_ERRORS as exc:
@@ -943,6 +1062,15 @@ def _clean_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:
+    """A copy of ``message`` to publish again, with ``headers`` and a ``message_id`` of its own.
+
+    aiormq matches a returned (mandatory, unroutable) message to the newest publish with its
+    ``message_id`` on the channel: two copies of one event in flight at once with the same id
+    (two groups retrying it together) would get each other's returns, and a copy returned
+    unparked would look confirmed and its original be acknowledged: lost. The first id is kept
+    in ``x-original-message-id``; the event id is in the body either way."""
+    if H_MESSAGE_ID not in headers and message.message_id:
+        headers[H_MESSAGE_ID] = message.message_id
     return Message(
         message.body,
         headers=headers,
@@ -950,7 +1078,7 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:
         content_encoding=message.content_encoding,
         delivery_mode=DeliveryMode.PERSISTENT,
         correlation_id=message.correlation_id,
-        message_id=message.message_id,
+        message_id=str(uuid.uuid4()),
         timestamp=message.timestamp,
         type=message.type,
         app_id=message.app_id,
