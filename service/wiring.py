@@ -426,6 +426,7 @@ class Service:
             claim_lease=self.settings.claim_lease,
             clock=clock.now if clock is not None else None,
         )
+        self.telemetry.observe_runtime(self.runtime)
         self.circuits: StoredCircuits | None = None
         """The coordinator's circuit states, kept in the store for the other processes."""
         if self.coordinator is not None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from actors.runtime import Middleware
+from actors.runtime import ActorRuntime, Middleware
 from bus.base import Transport
 from saga.breaker import BreakerRegistry
 from saga.cost import PriceTable
@@ -128,6 +128,13 @@ class Telemetry:
         if self._sagas is not None:
             self._sagas.observe_workflows(coordinator.workflows.values())
             coordinator.add_observer(self._sagas)
+
+    def observe_runtime(self, runtime: ActorRuntime) -> None:
+        """Its inbox's exceptional outcomes, as a counter (``ai_apps.actor.requests``, by
+        ``ai_apps.outcome``): requests expired before they were worked on, claims lost to
+        another worker, claim renewals that failed."""
+        if self._otel is not None:
+            self._otel.observe_runtime(runtime)
 
     def observe_breakers(self, breakers: BreakerRegistry) -> None:
         self._breakers = breakers

@@ -45,6 +45,7 @@ from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, 
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 
+from actors.runtime import ActorRuntime
 from events.envelope import Envelope
 from saga.breaker import BreakerRegistry, CircuitState
 from service.telemetry.middleware import ProviderCall
@@ -394,6 +395,22 @@ class OtelPipeline:
 
     def observe_breakers(self, breakers: Callable[[], BreakerRegistry | None]) -> None:
         self._breakers = breakers
+
+    def observe_runtime(self, runtime: ActorRuntime) -> None:
+        """Count the runtime's exceptional request outcomes as it counts them (read when the
+        metrics are collected: nothing on the request's path)."""
+        def outcomes(options: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(runtime.expired, {"ai_apps.outcome": "expired"}),
+                Observation(runtime.claims_lost, {"ai_apps.outcome": "claim_lost"}),
+                Observation(runtime.renewals_failed, {"ai_apps.outcome": "renewal_failed"}),
+            ]
+
+        self.meter.create_observable_counter(
+            "ai_apps.actor.requests", [outcomes], "{request}",
+            "Requests that ended without the provider's answer: expired before they were "
+            "worked on, their claim lost to another worker; and claim renewals that failed.",
+        )
 
     def _circuit_states(self, options: CallbackOptions) -> list[Observation]:
         registry = self._breakers()

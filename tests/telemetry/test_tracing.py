@@ -724,3 +724,23 @@ class TestLostClaimIsNotReported:
             await transport.idle(5)
         assert runtime.claims_lost == 1
         assert calls == []
+
+
+class TestRequestOutcomeMetrics:
+    def test_expired_requests_and_lost_claims_are_counted(self) -> None:
+        """The actor runtime's exceptional outcomes are a Prometheus counter by outcome."""
+        from actors.runtime import ActorRuntime
+
+        telemetry = Telemetry(TelemetrySettings(enabled=True))
+        runtime = ActorRuntime(InMemoryTransport(), [])
+        telemetry.observe_runtime(runtime)
+        runtime.expired, runtime.claims_lost, runtime.renewals_failed = 3, 1, 2
+        try:
+            text = telemetry.metrics_text().decode()
+        finally:
+            telemetry.shutdown()
+        for outcome, count in (("expired", 3), ("claim_lost", 1), ("renewal_failed", 2)):
+            assert f'ai_apps_actor_requests_total{{ai_apps_outcome="{outcome}"' in text
+            line = next(x for x in text.splitlines()
+                        if x.startswith("ai_apps_actor_requests_total") and f'"{outcome}"' in x)
+            assert line.endswith(f" {count:.1f}")
