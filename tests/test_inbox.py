@@ -21,6 +21,26 @@ from service.testing import fake_settings
 from service.wiring import Service
 
 
+async def cancel_then_redeliver(
+    svc: Service, fakes: FakeProviders, transport: InMemoryTransport
+) -> Envelope:
+    """A translation request delivered to ``svc``'s actor, its delivery cancelled once the
+    provider was called (a broker connection dropped under the handler), then delivered again
+    (the broker's redelivery) and settled. Returns the request."""
+    deliver = svc.runtime._chain(svc.runtime.actors[0])
+    request = Envelope.new(TranslateTextRequested(text="hola", to_language="en",
+                                                  from_language="es"),
+                           correlationid="c1", subject="translate_in")
+    first = asyncio.ensure_future(deliver(request))
+    while not fakes.translation.behaviour.calls:
+        await asyncio.sleep(0.01)
+    first.cancel()  # the channel closed under the handler
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled()
+    await deliver(request)  # the broker's redelivery
+    await transport.idle(10)
+    return request
+
 class TestInbox:
     async def test_concurrent_duplicate_deliveries_call_the_provider_once(
         self, tmp_path: Path
@@ -115,19 +135,7 @@ class TestCancelledDelivery:
                       store=store)
         await transport.subscribe("probe", ["TextTranslated"], collect)
         async with svc:
-            actor = svc.runtime.actors[0]
-            deliver = svc.runtime._chain(actor)
-            request = Envelope.new(TranslateTextRequested(text="hola", to_language="en",
-                                                          from_language="es"),
-                                   correlationid="c1", subject="translate_in")
-            first = asyncio.ensure_future(deliver(request))
-            while not fakes.translation.behaviour.calls:
-                await asyncio.sleep(0.01)
-            first.cancel()  # the channel closed under the handler
-            await asyncio.gather(first, return_exceptions=True)
-            assert first.cancelled()
-            await deliver(request)  # the broker's redelivery, after the call has finished
-            await transport.idle(10)
+            request = await cancel_then_redeliver(svc, fakes, transport)
             assert await store.recorded_result(request.id) is not None
         assert len(fakes.translation.behaviour.calls) == 1
         assert len(answers) == 1, "the cancelled delivery published nothing; the redelivery once"

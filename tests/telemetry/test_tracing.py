@@ -526,13 +526,11 @@ class TestCancelledDelivery:
         """The broker drops the connection while the provider works: the call finishes after
         its delivery is gone (the redelivery answers from the inbox) and still gets its
         client span, its metrics and its place in the health report, once."""
-        import asyncio
-
         from actors.runtime import bind_log_context
-        from events import TranslateTextRequested
         from saga import SqliteSagaStore
         from service.testing import fake_settings
         from service.wiring import Service
+        from tests.test_inbox import cancel_then_redeliver
 
         fakes = FakeProviders()
         fakes.translation.behaviour.latency = 0.2
@@ -542,18 +540,7 @@ class TestCancelledDelivery:
                       store=SqliteSagaStore(tmp_path / "s.db"))
         svc.runtime.middleware = (*telemetry.actor_middleware(), bind_log_context)
         async with svc:
-            deliver = svc.runtime._chain(svc.runtime.actors[0])
-            request = Envelope.new(TranslateTextRequested(text="hola", to_language="en",
-                                                          from_language="es"),
-                                   correlationid="c1", subject="translate_in")
-            first = asyncio.ensure_future(deliver(request))
-            while not fakes.translation.behaviour.calls:
-                await asyncio.sleep(0.01)
-            first.cancel()  # the channel closed under the handler
-            await asyncio.gather(first, return_exceptions=True)
-            assert first.cancelled()
-            await deliver(request)  # the redelivery, answered from the inbox
-            await transport.idle(10)
+            await cancel_then_redeliver(svc, fakes, transport)  # answered from the inbox
             text = telemetry.metrics_text().decode()
         assert len(fakes.translation.behaviour.calls) == 1
         (client,) = by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
